@@ -3,10 +3,12 @@
 //! Nothing here performs IO. Every type that can be built from user text validates it
 //! on construction, so a value of the type is always well-formed.
 
+mod ident;
 mod plan;
 mod slug;
 mod state;
 
+pub use ident::{Ident, IdentError};
 pub use plan::{Agent, Plan, AGENTS};
 pub use slug::{ServerName, Slug, SlugError};
 pub use state::{ServerState, TenantState, UnknownState};
@@ -28,13 +30,13 @@ impl TenantId {
 
     /// The tenant's database name: `t_` and the id's 32 hex digits (34 bytes, under
     /// PostgreSQL's 63-byte limit, only `[a-z0-9_]`).
-    pub fn database_name(&self) -> String {
-        format!("t_{}", self.0.simple())
+    pub fn database_name(&self) -> Ident {
+        Ident(format!("t_{}", self.0.simple()))
     }
 
     /// The tenant's login role name: `tr_` and the id's 32 hex digits.
-    pub fn role_name(&self) -> String {
-        format!("tr_{}", self.0.simple())
+    pub fn role_name(&self) -> Ident {
+        Ident(format!("tr_{}", self.0.simple()))
     }
 }
 
@@ -57,7 +59,8 @@ mod tests {
     #[test]
     fn derived_names_are_short_and_plain() {
         let id = TenantId::new();
-        for name in [id.database_name(), id.role_name()] {
+        for ident in [id.database_name(), id.role_name()] {
+            let name = ident.as_str();
             assert!(name.len() <= 63, "{name}");
             assert!(name
                 .bytes()

@@ -1,0 +1,203 @@
+//! The catalog database: every server, plan, tenant, lifecycle step and migration run.
+//!
+//! * [`migrate`] applies `migrations/` (embedded at build time) under a session
+//!   advisory lock, so any number of processes may run it at once.
+//! * [`Catalog`] is a small connection pool over the catalog with the queries the
+//!   rest of Tenantry needs.
+//! * [`Sealer`] seals stored database credentials (AES-256-GCM, bound to their row).
+
+mod crypto;
+mod migrate;
+
+pub use crypto::{SealError, Sealed, Sealer};
+pub use migrate::{latest_version, migrate, MigrateReport};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tenantry_types::{Ident, Plan};
+
+/// What went wrong with the catalog. Messages are for operators; the HTTP edge maps
+/// these to stable codes and never shows the text.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the catalog URL is not valid: {0}")]
+    BadUrl(String),
+    #[error("cannot reach the catalog database: {0}")]
+    Unreachable(String),
+    #[error("catalog query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("catalog migration failed: {0}")]
+    Migrate(String),
+    #[error("the catalog is at schema version {have}, this build needs {want}: run `tenantry catalog migrate`")]
+    NotMigrated { have: i32, want: i32 },
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+impl From<deadpool_postgres::PoolError> for CatalogError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                Self::Unreachable(migrate::describe_connect_error(&e))
+            }
+            other => Self::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// Parses a catalog (or server) URL without ever echoing it: it holds a password.
+pub fn parse_url(url: &SecretString) -> Result<tokio_postgres::Config, CatalogError> {
+    tokio_postgres::Config::from_str(url.expose_secret()).map_err(|_| {
+        CatalogError::BadUrl("expected postgres://user:password@host:port/database".into())
+    })
+}
+
+/// A pool of connections to the catalog database.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: Pool,
+}
+
+impl Catalog {
+    /// A pool over `url`; connections are made on first use.
+    pub fn new(
+        url: &SecretString,
+        max_size: usize,
+        connect_timeout: Duration,
+    ) -> Result<Self, CatalogError> {
+        let mut config = parse_url(url)?;
+        config.connect_timeout(connect_timeout);
+        config.application_name("tenantry");
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .map_err(|e| CatalogError::Unreachable(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, CatalogError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Ready means: reachable, and migrated to the version this build carries.
+    pub async fn check_ready(&self) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        let have: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
+                &[],
+            )
+            .await
+            .map(|row| row.get(0))
+            .or_else(|e| match e.code() {
+                Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
+                _ => Err(e),
+            })?;
+        let want = latest_version();
+        if have < want {
+            return Err(CatalogError::NotMigrated { have, want });
+        }
+        Ok(())
+    }
+
+    /// Writes the plan table (built-in plans with configured overrides) into the catalog.
+    pub async fn sync_plans(&self, plans: &[Plan]) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for plan in plans {
+            let agents: Vec<&str> = plan.agents.iter().map(|a| a.as_str()).collect();
+            tx.execute(
+                "INSERT INTO plans (name, tasks_per_month, requests_per_minute, agents, api_access, pool_size)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (name) DO UPDATE SET
+                    tasks_per_month = excluded.tasks_per_month,
+                    requests_per_minute = excluded.requests_per_minute,
+                    agents = excluded.agents,
+                    api_access = excluded.api_access,
+                    pool_size = excluded.pool_size,
+                    updated_at = now()
+                 WHERE (plans.tasks_per_month, plans.requests_per_minute, plans.agents, plans.api_access, plans.pool_size)
+                   IS DISTINCT FROM (excluded.tasks_per_month, excluded.requests_per_minute, excluded.agents, excluded.api_access, excluded.pool_size)",
+                &[
+                    &plan.name,
+                    &plan.tasks_per_month.map(|n| n as i32),
+                    &(plan.requests_per_minute as i32),
+                    &agents,
+                    &plan.api_access,
+                    &(plan.pool_size as i32),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The plans as the catalog holds them.
+    pub async fn plans(&self) -> Result<Vec<Plan>, CatalogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, tasks_per_month, requests_per_minute, agents, api_access, pool_size
+                 FROM plans ORDER BY name",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Plan {
+                name: r.get(0),
+                tasks_per_month: r.get::<_, Option<i32>>(1).map(|n| n as u32),
+                requests_per_minute: r.get::<_, i32>(2) as u32,
+                agents: r
+                    .get::<_, Vec<String>>(3)
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect(),
+                api_access: r.get(4),
+                pool_size: r.get::<_, i32>(5) as u32,
+            })
+            .collect())
+    }
+}
+
+/// Creates `name` on the server behind `admin_url` unless it exists; true when created.
+pub async fn ensure_database(admin_url: &SecretString, name: &Ident) -> Result<bool, CatalogError> {
+    let client = migrate::connect_once(admin_url).await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&name.as_str()],
+        )
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    match client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+    {
+        Ok(()) => Ok(true),
+        // Someone else created it between our look and our create.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,376 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tenantry_types::{Agent, Plan};
+
+use crate::ConfigError;
+
+/// All of Tenantry's settings, validated.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// The environment's name (`dev`, `test`, `production`, …); set by the loader.
+    #[serde(skip)]
+    pub env: String,
+    pub catalog: CatalogSettings,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+    pub templates: TemplatesSettings,
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanOverride>,
+    pub dev: DevSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogSettings {
+    /// The catalog database; holds a password, hence secret.
+    pub url: Option<SecretString>,
+    pub url_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub hs256_secret: Option<SecretString>,
+    pub hs256_secret_file: Option<PathBuf>,
+    /// `kid` → PEM public key.
+    #[serde(default)]
+    pub public_keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SecretsSettings {
+    /// 32 bytes, base64: encrypts stored database credentials.
+    pub master_key: Option<SecretString>,
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TemplatesSettings {
+    pub dir: PathBuf,
+    /// The template of tenants created without `--template`.
+    pub default: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevSettings {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `plans.<name>.*`: fields that replace the built-in plan's. A plan that is not
+/// built in must give them all. `tasks_per_month = -1` is unlimited.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanOverride {
+    pub tasks_per_month: Option<i64>,
+    pub requests_per_minute: Option<u32>,
+    pub agents: Option<Vec<String>>,
+    pub api_access: Option<bool>,
+    pub pool_size: Option<u32>,
+}
+
+/// The 32-byte key that encrypts stored credentials.
+#[derive(Clone)]
+pub struct MasterKey(pub [u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey([REDACTED])")
+    }
+}
+
+impl Settings {
+    /// Whether this environment tolerates development secrets and the embedded catalog.
+    pub fn is_development(&self) -> bool {
+        matches!(self.env.as_str(), "dev" | "test")
+    }
+
+    /// The decoded master key. Validation has checked it when present.
+    pub fn master_key(&self) -> Option<MasterKey> {
+        self.secrets
+            .master_key
+            .as_ref()
+            .and_then(|k| decode_key(k.expose_secret()).ok())
+            .map(MasterKey)
+    }
+
+    /// The plan table: the built-in plans with `plans.*` applied.
+    pub fn plans(&self) -> Result<Vec<Plan>, ConfigError> {
+        let mut plans = Plan::defaults();
+        for (name, o) in &self.plans {
+            let key = |field: &str| format!("plans.{name}.{field}");
+            let index = match plans.iter().position(|p| &p.name == name) {
+                Some(i) => i,
+                None => {
+                    let missing = [
+                        ("tasks_per_month", o.tasks_per_month.is_none()),
+                        ("requests_per_minute", o.requests_per_minute.is_none()),
+                        ("agents", o.agents.is_none()),
+                        ("api_access", o.api_access.is_none()),
+                        ("pool_size", o.pool_size.is_none()),
+                    ];
+                    if let Some((field, _)) = missing.iter().find(|(_, m)| *m) {
+                        return Err(ConfigError::invalid(
+                            key(field),
+                            format!("plan {name:?} is not built in (free, pro, enterprise), so it must set every field"),
+                        ));
+                    }
+                    if tenantry_types::Slug::parse(name).is_err() {
+                        return Err(ConfigError::invalid(
+                            format!("plans.{name}"),
+                            "a plan name is 2 to 40 lowercase letters, digits or '-', starting with a letter",
+                        ));
+                    }
+                    plans.push(Plan {
+                        name: name.clone(),
+                        tasks_per_month: None,
+                        requests_per_minute: 0,
+                        agents: Vec::new(),
+                        api_access: false,
+                        pool_size: 1,
+                    });
+                    plans.len() - 1
+                }
+            };
+            let plan = &mut plans[index];
+            if let Some(n) = o.tasks_per_month {
+                plan.tasks_per_month = match n {
+                    -1 => None,
+                    n if n >= 0 && n <= u32::MAX as i64 => Some(n as u32),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            key("tasks_per_month"),
+                            "use a count of 0 or more, or -1 for unlimited",
+                        ))
+                    }
+                };
+            }
+            if let Some(n) = o.requests_per_minute {
+                if n == 0 {
+                    return Err(ConfigError::invalid(
+                        key("requests_per_minute"),
+                        "must be at least 1",
+                    ));
+                }
+                plan.requests_per_minute = n;
+            }
+            if let Some(agents) = &o.agents {
+                plan.agents = agents
+                    .iter()
+                    .map(|a| a.parse::<Agent>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ConfigError::invalid(key("agents"), e.to_string()))?;
+            }
+            if let Some(b) = o.api_access {
+                plan.api_access = b;
+            }
+            if let Some(n) = o.pool_size {
+                if !(1..=100).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        key("pool_size"),
+                        "use 1 to 100 connections",
+                    ));
+                }
+                plan.pool_size = n;
+            }
+        }
+        Ok(plans)
+    }
+
+    pub(crate) fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        resolve(&mut self.catalog.url, &self.catalog.url_file, "catalog.url")?;
+        resolve(
+            &mut self.auth.hs256_secret,
+            &self.auth.hs256_secret_file,
+            "auth.hs256_secret",
+        )?;
+        resolve(
+            &mut self.secrets.master_key,
+            &self.secrets.master_key_file,
+            "secrets.master_key",
+        )
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.catalog.url {
+            check_postgres_url(url.expose_secret())
+                .map_err(|p| ConfigError::invalid("catalog.url", p))?;
+        }
+        if self.catalog.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "catalog.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (key, value) in [
+            ("auth.issuer", &self.auth.issuer),
+            ("auth.audience", &self.auth.audience),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(key, "must not be empty"));
+            }
+        }
+        if let Some(secret) = &self.auth.hs256_secret {
+            if secret.expose_secret().len() < 32 {
+                return Err(ConfigError::invalid(
+                    "auth.hs256_secret",
+                    "must be at least 32 bytes; generate one with `openssl rand -base64 48`",
+                ));
+            }
+        }
+        for (kid, pem) in &self.auth.public_keys {
+            if kid.is_empty() || !pem.contains("-----BEGIN PUBLIC KEY-----") {
+                return Err(ConfigError::invalid(
+                    format!("auth.public_keys.{kid}"),
+                    "must be a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                ));
+            }
+        }
+        if let Some(key) = &self.secrets.master_key {
+            decode_key(key.expose_secret())
+                .map_err(|p| ConfigError::invalid("secrets.master_key", p))?;
+        }
+        if self.templates.default.is_empty() {
+            return Err(ConfigError::invalid(
+                "templates.default",
+                "must name a template folder",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "must not be empty; e.g. \"info\"",
+            ));
+        }
+        self.plans()?;
+        if !self.is_development() {
+            self.validate_production()?;
+        }
+        Ok(())
+    }
+
+    /// Outside dev and test: every secret present, none of them a development one.
+    fn validate_production(&self) -> Result<(), ConfigError> {
+        let env = &self.env;
+        if self.catalog.url.is_none() {
+            return Err(ConfigError::invalid(
+                "catalog.url",
+                format!("is required under TENANTRY_ENV={env}: set TENANTRY__CATALOG__URL or catalog.url_file"),
+            ));
+        }
+        if self.auth.hs256_secret.is_none() && self.auth.public_keys.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.hs256_secret",
+                format!("no token key under TENANTRY_ENV={env}: set TENANTRY__AUTH__HS256_SECRET (or _FILE), or auth.public_keys"),
+            ));
+        }
+        if self.secrets.master_key.is_none() {
+            return Err(ConfigError::invalid(
+                "secrets.master_key",
+                format!("is required under TENANTRY_ENV={env}: set TENANTRY__SECRETS__MASTER_KEY (or _FILE) to 32 random bytes in base64 (`openssl rand -base64 32`)"),
+            ));
+        }
+        let dev = crate::development_secrets();
+        for (key, secret) in [
+            ("auth.hs256_secret", &self.auth.hs256_secret),
+            ("secrets.master_key", &self.secrets.master_key),
+        ] {
+            if secret
+                .as_ref()
+                .is_some_and(|s| dev.iter().any(|d| d == s.expose_secret()))
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("is the public development secret; refusing to start under TENANTRY_ENV={env}. Generate a real one and set it in the environment"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve(
+    value: &mut Option<SecretString>,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    if value.is_some() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("is set both directly and through {key}_file; keep one"),
+        ));
+    }
+    let text =
+        read_secret_file(path).map_err(|e| ConfigError::invalid(format!("{key}_file"), e))?;
+    *value = Some(SecretString::from(text));
+    Ok(())
+}
+
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.trim_end_matches(['\n', '\r']).to_owned();
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(text)
+}
+
+fn decode_key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "must be base64 (`openssl rand -base64 32` makes one)".to_owned())?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("must decode to exactly 32 bytes, not {}", b.len()))
+}
+
+fn check_postgres_url(text: &str) -> Result<(), String> {
+    // Never echo the URL: it holds a password.
+    let url = url::Url::parse(text).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err("must start with postgres:// or postgresql://".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+use std::fmt;
+
+/// Why a name cannot be a PostgreSQL identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentError {
+    #[error("an SQL identifier cannot be empty")]
+    Empty,
+    #[error("an SQL identifier is at most 63 bytes; this one has {0}")]
+    TooLong(usize),
+    #[error("an SQL identifier cannot hold a NUL byte")]
+    Nul,
+}
+
+/// A validated PostgreSQL identifier (database, role, schema or table name).
+///
+/// The one way a name reaches SQL text: [`Ident::quoted`] (or `Display`) always
+/// double-quotes it, doubling any `"` inside, so no value can end the identifier early.
+/// Names longer than PostgreSQL's 63 bytes are refused rather than silently truncated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(pub(crate) String);
+
+impl Ident {
+    pub fn new(name: impl Into<String>) -> Result<Self, IdentError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(IdentError::Empty);
+        }
+        if name.len() > 63 {
+            return Err(IdentError::TooLong(name.len()));
+        }
+        if name.contains('\0') {
+            return Err(IdentError::Nul);
+        }
+        Ok(Self(name))
+    }
+
+    /// The name as PostgreSQL stores it (unquoted); for parameters and catalog lookups.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted for SQL text.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0.replace('"', "\"\""))
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.quoted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(Ident::new("t_1").unwrap().quoted(), "\"t_1\"");
+        assert_eq!(Ident::new("a\"b").unwrap().quoted(), "\"a\"\"b\"");
+        assert_eq!(
+            Ident::new("x\"; DROP DATABASE y; --").unwrap().to_string(),
+            "\"x\"\"; DROP DATABASE y; --\""
+        );
+        assert_eq!(Ident::new(""), Err(IdentError::Empty));
+        assert_eq!(Ident::new("a\0b"), Err(IdentError::Nul));
+        assert_eq!(Ident::new("é".repeat(32)), Err(IdentError::TooLong(64)));
+        assert!(Ident::new("a".repeat(63)).is_ok());
+    }
+}
