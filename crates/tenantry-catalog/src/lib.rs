@@ -201,3 +201,63 @@ pub async fn ensure_database(admin_url: &SecretString, name: &Ident) -> Result<b
         Err(e) => Err(e.into()),
     }
 }
+
+/// A server as registered in the catalog, its admin password sealed.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub name: tenantry_types::ServerName,
+    pub host: String,
+    pub port: u16,
+    pub admin_user: String,
+    pub admin_database: String,
+    pub admin_password: SecretString,
+    pub capacity: u32,
+    pub max_connections: u32,
+}
+
+impl Catalog {
+    /// Registers `server`, or updates its address and password when the name exists
+    /// (what `tenantry dev` does each start: the embedded cluster's port may change).
+    /// Placement settings (state, capacity) of an existing server are left alone.
+    pub async fn upsert_server(
+        &self,
+        server: &NewServer,
+        sealer: &Sealer,
+    ) -> Result<i64, CatalogError> {
+        let sealed = sealer.seal(
+            server.admin_password.expose_secret().as_bytes(),
+            &server_binding(&server.name),
+        );
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO servers (name, host, port, admin_user, admin_database, admin_password,
+                                      key_version, capacity, max_connections)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (name) DO UPDATE SET
+                    host = excluded.host, port = excluded.port, admin_user = excluded.admin_user,
+                    admin_database = excluded.admin_database,
+                    admin_password = excluded.admin_password, key_version = excluded.key_version,
+                    updated_at = now()
+                 RETURNING id",
+                &[
+                    &server.name.as_str(),
+                    &server.host,
+                    &i32::from(server.port),
+                    &server.admin_user,
+                    &server.admin_database,
+                    &sealed.bytes,
+                    &sealed.key_version,
+                    &(server.capacity as i32),
+                    &(server.max_connections as i32),
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+/// The associated data that binds a server's sealed password to its row.
+pub fn server_binding(name: &tenantry_types::ServerName) -> String {
+    format!("server:{name}")
+}

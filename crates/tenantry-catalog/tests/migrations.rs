@@ -133,3 +133,46 @@ async fn ensure_database_is_idempotent_and_quotes_names() {
         .unwrap();
     assert!(found.is_some());
 }
+
+#[tokio::test]
+async fn servers_are_registered_with_sealed_passwords() {
+    use tenantry_catalog::{server_binding, NewServer, Sealed, Sealer};
+    let pg = TestCluster::shared();
+    let url = fresh_catalog(pg, "cat_servers").await;
+    migrate(&url).await.unwrap();
+    let cat = catalog(&url);
+    let sealer = Sealer::new(1, &[9; 32]);
+    let mut server = NewServer {
+        name: "local".parse().unwrap(),
+        host: "127.0.0.1".into(),
+        port: 5432,
+        admin_user: "tenantry".into(),
+        admin_database: "postgres".into(),
+        admin_password: SecretString::from("pw-one".to_owned()),
+        capacity: 100,
+        max_connections: 50,
+    };
+    let id = cat.upsert_server(&server, &sealer).await.unwrap();
+    server.port = 5433;
+    server.admin_password = SecretString::from("pw-two".to_owned());
+    assert_eq!(cat.upsert_server(&server, &sealer).await.unwrap(), id);
+
+    let client = pg.connect("cat_servers").await;
+    let row = client
+        .query_one(
+            "SELECT port, admin_password, key_version FROM servers WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 5433);
+    let sealed = Sealed {
+        bytes: row.get(1),
+        key_version: row.get(2),
+    };
+    assert!(!sealed.bytes.windows(6).any(|w| w == b"pw-two"));
+    assert_eq!(
+        sealer.open(&sealed, &server_binding(&server.name)).unwrap(),
+        b"pw-two"
+    );
+}

@@ -96,11 +96,16 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Opens the cluster in `opts.root`, creating it first (initdb, or a copy of
     /// `opts.copy_from`) if the folder holds none. The server is not started.
-    pub fn open(opts: ClusterOptions) -> Result<Self, ClusterError> {
+    pub fn open(mut opts: ClusterOptions) -> Result<Self, ClusterError> {
         let bins = PgBinaries::find()?;
         let run_as = unprivileged_user()?;
+        fs::create_dir_all(&opts.root).context(|| format!("create {}", opts.root.display()))?;
+        // Absolute from here on: the server and initdb run with another working directory.
+        opts.root = opts
+            .root
+            .canonicalize()
+            .context(|| format!("resolve {}", opts.root.display()))?;
         let root = &opts.root;
-        fs::create_dir_all(root).context(|| format!("create {}", root.display()))?;
         if run_as.is_some() {
             // The server's user must be able to pass through the folder to reach data/.
             fs::set_permissions(root, fs::Permissions::from_mode(0o711))
@@ -178,14 +183,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops the server (fast shutdown for durable clusters, immediate for throwaway
-    /// ones) and waits for it to exit.
+    /// Stops the server with a fast shutdown (every committed transaction kept) and
+    /// waits for it to exit.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
+        self.shutdown(Signal::SIGINT)
+    }
+
+    fn shutdown(&mut self, signal: Signal) -> Result<(), ClusterError> {
         if let Some(mut server) = self.server.take() {
-            let signal = match self.opts.durability {
-                Durability::Durable => Signal::SIGINT,
-                Durability::Throwaway => Signal::SIGQUIT,
-            };
             let pid = Pid::from_raw(server.id() as i32);
             let _ = kill(pid, signal);
             if wait_timeout(&mut server, STOP_TIMEOUT).is_none() {
@@ -359,9 +364,9 @@ if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
         let Some(server) = self.server_pid() else {
             return Ok(());
         };
-        let signal = match self.opts.durability {
-            Durability::Durable => "INT",
-            Durability::Throwaway => "QUIT",
+        let signal = match self.opts.on_exit {
+            OnExit::Stop => "INT",
+            OnExit::StopAndRemove => "QUIT",
         };
         let remove = match self.opts.on_exit {
             OnExit::Stop => PathBuf::new(),
@@ -394,9 +399,12 @@ if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.stop();
         if self.opts.on_exit == OnExit::StopAndRemove {
+            // The data is about to go: an immediate shutdown is enough.
+            let _ = self.shutdown(Signal::SIGQUIT);
             let _ = fs::remove_dir_all(&self.opts.root);
+        } else {
+            let _ = self.stop();
         }
     }
 }

@@ -1,0 +1,40 @@
+# Tenantry: `make run` starts everything locally, `make test` checks everything.
+CARGO ?= cargo
+
+.PHONY: run test check fmt lint prerequisites postgres toolchain clean
+
+## Start Tenantry on a private PostgreSQL cluster under ./.tenantry (Ctrl-C stops it).
+run: prerequisites
+	$(CARGO) run --quiet --bin tenantry -- dev
+
+## Formatting, lints, and every test (unit, real PostgreSQL clusters, real HTTP).
+test: prerequisites
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) test --workspace --locked --doc && \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+prerequisites: postgres toolchain
+
+## PostgreSQL server binaries (installs Debian's `postgresql` package when root and missing).
+postgres:
+	@scripts/ensure-postgres.sh
+
+## rustfmt and clippy, when the toolchain came without them.
+toolchain:
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+clean:
+	$(CARGO) clean
+	rm -rf .tenantry

@@ -1,0 +1,3 @@
+pub mod catalog;
+pub mod dev;
+pub mod serve;

@@ -1,0 +1,101 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use tenantry_catalog::Catalog;
+use tenantry_config::Settings;
+use tenantry_router::{AppState, RouterOptions};
+
+use crate::exit::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct Opts {}
+
+pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
+    let url = catalog_url(&settings)?;
+    let catalog = prepare_catalog(&url, &settings).await?;
+    serve_until_signal(&settings, catalog, |addr| {
+        tracing::info!(%addr, "router listening");
+    })
+    .await
+}
+
+/// `catalog.url`, or a usage error that says how to set it.
+pub fn catalog_url(settings: &Settings) -> Result<SecretString, CliError> {
+    settings.catalog.url.clone().ok_or_else(|| {
+        CliError::usage(anyhow::anyhow!(
+            "catalog.url is not set: set TENANTRY__CATALOG__URL=postgres://user:password@host:port/database \
+             (or catalog.url_file), or run `tenantry dev` for a local embedded catalog"
+        ))
+    })
+}
+
+/// Migrates the catalog, opens its pool and writes the configured plan table into it.
+pub async fn prepare_catalog(url: &SecretString, settings: &Settings) -> Result<Catalog, CliError> {
+    let report = tenantry_catalog::migrate(url)
+        .await
+        .context("migrate the catalog")?;
+    tracing::info!(
+        version = report.version,
+        applied = report.applied.len(),
+        "catalog migrated"
+    );
+    let catalog = Catalog::new(
+        url,
+        settings.catalog.pool_size,
+        Duration::from_millis(settings.catalog.connect_timeout_ms),
+    )?;
+    let plans = settings.plans().map_err(CliError::usage)?;
+    catalog
+        .sync_plans(&plans)
+        .await
+        .context("write the plan table")?;
+    Ok(catalog)
+}
+
+/// Runs the router until SIGINT or SIGTERM, then drains requests in flight and returns.
+pub async fn serve_until_signal(
+    settings: &Settings,
+    catalog: Catalog,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), CliError> {
+    let opts = RouterOptions {
+        bind: settings.http.bind,
+        max_body_bytes: settings.http.max_body_bytes,
+        shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_s),
+        workers: None,
+    };
+    let router = tenantry_router::start(&opts, AppState { catalog })?;
+    on_listening(router.addr);
+    let handle = router.handle.clone();
+    let mut server = tokio::spawn(router.server);
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: draining requests in flight");
+            handle.stop(true).await;
+            let _ = server.await;
+        }
+        ended = &mut server => {
+            ended.context("the router task failed")?.context("the router stopped")?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM; returns the signal's name.
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still works");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

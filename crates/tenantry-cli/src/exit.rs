@@ -1,0 +1,40 @@
+use std::process::ExitCode;
+
+/// A command's failure, and the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad usage or bad input: exit 2.
+    Usage(anyhow::Error),
+    /// The operation failed: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl CliError {
+    pub fn usage(e: impl Into<anyhow::Error>) -> Self {
+        Self::Usage(e.into())
+    }
+
+    pub fn failed(e: impl Into<anyhow::Error>) -> Self {
+        Self::Failed(e.into())
+    }
+
+    /// Prints the error (with its causes, one per line) and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        let (code, e) = match self {
+            Self::Usage(e) => (2, e),
+            Self::Failed(e) => (1, e),
+        };
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// Errors that are the operation failing, unless a command says otherwise.
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
+}
