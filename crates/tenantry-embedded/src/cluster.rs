@@ -263,7 +263,11 @@ impl Cluster {
         else {
             return Ok(());
         };
-        if pid > 0 && kill(Pid::from_raw(pid), None).is_ok() {
+        // A stale file names a pid that may since belong to another program: only a
+        // live `postgres` counts.
+        let is_postgres = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "postgres");
+        if pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && is_postgres {
             return Err(ClusterError::AlreadyRunning {
                 dir: self.opts.root.clone(),
                 pid,
