@@ -48,7 +48,7 @@ CREATE TABLE tenants (
     slug            text NOT NULL CHECK (slug ~ '^[a-z][a-z0-9-]{1,39}$'),
     plan            text NOT NULL REFERENCES plans (name),
     template        text NOT NULL,
-    server_id       bigint REFERENCES servers (id),
+    server_id       bigint REFERENCES servers (id) ON DELETE SET NULL,
     database_name   text NOT NULL,
     role_name       text NOT NULL,
     state           text NOT NULL CHECK (state IN
@@ -113,3 +113,30 @@ CREATE TABLE migration_run_tenants (
 );
 
 CREATE INDEX migration_run_tenants_tenant ON migration_run_tenants (tenant_id, finished_at DESC);
+
+-- Pre-migrated template databases, one per server, template and content checksum.
+-- A tenant database is a clone of its server's ready template.
+CREATE TABLE template_databases (
+    server_id      bigint NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
+    template       text NOT NULL,
+    checksum       text NOT NULL,
+    version        integer NOT NULL,
+    database_name  text NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (server_id, template, checksum)
+);
+
+-- Routers cache tenants; every change to a tenant row tells them which slug to drop.
+CREATE FUNCTION tenants_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('tenantry_tenants', OLD.slug);
+    ELSE
+        PERFORM pg_notify('tenantry_tenants', NEW.slug);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON tenants
+    FOR EACH ROW EXECUTE FUNCTION tenants_notify();

@@ -15,8 +15,9 @@ mod settings;
 
 pub use secrecy::{ExposeSecret, SecretString};
 pub use settings::{
-    AuthSettings, CatalogSettings, DevSettings, HttpSettings, LogFormat, LogSettings, MasterKey,
-    PlanOverride, SecretsSettings, Settings, TemplatesSettings,
+    AuthSettings, CatalogSettings, CreateStrategy, DevSettings, HttpSettings, LogFormat,
+    LogSettings, MasterKey, PlanOverride, ProvisionSettings, SecretsSettings, Settings,
+    TemplatesSettings,
 };
 
 use std::collections::HashMap;

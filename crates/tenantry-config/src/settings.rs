@@ -23,8 +23,35 @@ pub struct Settings {
     pub templates: TemplatesSettings,
     #[serde(default)]
     pub plans: BTreeMap<String, PlanOverride>,
+    pub provision: ProvisionSettings,
     pub dev: DevSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProvisionSettings {
+    pub retention_hours: u64,
+    pub statement_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
+    pub create_strategy: CreateStrategy,
+    pub default_capacity: u32,
+}
+
+/// How `CREATE DATABASE … TEMPLATE` copies the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateStrategy {
+    WalLog,
+    FileCopy,
+}
+
+impl CreateStrategy {
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            Self::WalLog => "WAL_LOG",
+            Self::FileCopy => "FILE_COPY",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +291,12 @@ impl Settings {
         if let Some(key) = &self.secrets.master_key {
             decode_key(key.expose_secret())
                 .map_err(|p| ConfigError::invalid("secrets.master_key", p))?;
+        }
+        if self.provision.default_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "provision.default_capacity",
+                "must be at least 1",
+            ));
         }
         if self.templates.default.is_empty() {
             return Err(ConfigError::invalid(

@@ -142,6 +142,20 @@ impl Cluster {
         })
     }
 
+    /// The superuser URL of the cluster in `root` for `database`, read from its files
+    /// without starting anything (for commands that talk to a running `tenantry dev`).
+    pub fn url_of(root: &Path, database: &str) -> Result<String, ClusterError> {
+        let d = read_description(root)?;
+        let path = root.join("superuser.password");
+        let password = fs::read_to_string(&path).context(|| format!("read {}", path.display()))?;
+        Ok(format!(
+            "postgres://{}:{}@{HOST}:{}/{database}",
+            d.superuser,
+            password.trim(),
+            d.port
+        ))
+    }
+
     /// Whether `root` holds an initialised cluster.
     pub fn is_initialised(root: &Path) -> bool {
         root.join("data/PG_VERSION").is_file() && root.join("cluster.json").is_file()

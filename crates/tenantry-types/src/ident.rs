@@ -51,6 +51,17 @@ impl fmt::Display for Ident {
     }
 }
 
+/// A string as an SQL literal, for the few statements that take no bind parameters
+/// (`CREATE ROLE … PASSWORD`). Single quotes are doubled; under
+/// `standard_conforming_strings` (on since PostgreSQL 9.1) nothing else is special.
+/// Refuses NUL, which PostgreSQL cannot store.
+pub fn sql_literal(value: &str) -> Result<String, IdentError> {
+    if value.contains('\0') {
+        return Err(IdentError::Nul);
+    }
+    Ok(format!("'{}'", value.replace('\'', "''")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +78,12 @@ mod tests {
         assert_eq!(Ident::new("a\0b"), Err(IdentError::Nul));
         assert_eq!(Ident::new("é".repeat(32)), Err(IdentError::TooLong(64)));
         assert!(Ident::new("a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn literals() {
+        assert_eq!(sql_literal("it's").unwrap(), "'it''s'");
+        assert_eq!(sql_literal("a\\b").unwrap(), "'a\\b'");
+        assert!(sql_literal("a\0").is_err());
     }
 }

@@ -8,7 +8,7 @@ mod plan;
 mod slug;
 mod state;
 
-pub use ident::{Ident, IdentError};
+pub use ident::{sql_literal, Ident, IdentError};
 pub use plan::{Agent, Plan, AGENTS};
 pub use slug::{ServerName, Slug, SlugError};
 pub use state::{ServerState, TenantState, UnknownState};

@@ -1,0 +1,6 @@
+//! Tenant schemas: templates read from `templates.dir` at run time, so a released
+//! binary applies migration files it was not built with.
+
+mod template;
+
+pub use template::{Template, TemplateError};

@@ -1,0 +1,91 @@
+use tenantry_catalog::CatalogError;
+use tenantry_migrate::TemplateError;
+
+/// How a caller should treat a failure: the CLI maps these to exit codes, the HTTP
+/// edge to status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was wrong (bad slug, unknown plan, a conflicting create…): exit 2, HTTP 400/422.
+    BadInput,
+    /// What it names does not exist: exit 2, HTTP 404.
+    NotFound,
+    /// The request does not fit the current state (e.g. resume a deleted tenant): exit 2, HTTP 409.
+    Conflict,
+    /// A server or the catalog could not be reached, or had no room: exit 1, HTTP 503.
+    Unavailable,
+    /// The operation failed: exit 1, HTTP 500.
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("server {server} is unavailable: {reason}")]
+    ServerUnavailable { server: String, reason: String },
+    #[error("{context} on server {server}: {reason}")]
+    Server {
+        server: String,
+        context: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("export failed: {0}")]
+    Export(String),
+    #[error("injected fault at {0}")]
+    Injected(String),
+}
+
+impl From<tokio_postgres::Error> for ProvisionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Catalog(CatalogError::Query(e))
+    }
+}
+
+impl ProvisionError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadInput(_) => ErrorKind::BadInput,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Template(TemplateError::NotFound { .. } | TemplateError::BadName(_)) => {
+                ErrorKind::BadInput
+            }
+            Self::NoCapacity(_) | Self::ServerUnavailable { .. } => ErrorKind::Unavailable,
+            Self::Catalog(CatalogError::Unreachable(_)) => ErrorKind::Unavailable,
+            _ => ErrorKind::Failed,
+        }
+    }
+
+    pub(crate) fn server(server: &str, context: &str, e: &tokio_postgres::Error) -> Self {
+        Self::Server {
+            server: server.to_owned(),
+            context: context.to_owned(),
+            reason: describe(e),
+        }
+    }
+}
+
+/// A driver error in words (its Display alone says only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,286 @@
+//! `tenantry server add|list|show|drain|remove`.
+
+use secrecy::SecretString;
+use serde::Serialize;
+use tenantry_catalog::server_binding;
+use tenantry_types::{Ident, ServerName, ServerState};
+
+use crate::server::{connect, ServerRow, SERVER_COLUMNS};
+use crate::{ProvisionError, Provisioner};
+
+/// `server add`'s input.
+#[derive(Debug, Clone)]
+pub struct AddServer {
+    pub name: String,
+    pub url: SecretString,
+    pub capacity: Option<u32>,
+    pub max_connections: Option<u32>,
+}
+
+/// A server as `server list|show` and the admin API print it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub name: String,
+    pub state: String,
+    pub capacity: i32,
+    pub max_connections: i32,
+    /// Tenants whose database lives there (soft-deleted ones until purged).
+    pub tenants: i64,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Tenants that hold a database on a server: everything but failed and purged ones.
+pub(crate) const HOLDS_DATABASE: &str = "t.state NOT IN ('failed') AND t.purged_at IS NULL";
+
+impl Provisioner {
+    /// Registers a server after checking that it answers and that its role may create
+    /// databases and roles.
+    pub async fn add_server(&self, req: AddServer) -> Result<ServerInfo, ProvisionError> {
+        let name =
+            ServerName::parse(&req.name).map_err(|e| ProvisionError::BadInput(e.to_string()))?;
+        let config = tenantry_catalog::parse_url(&req.url).map_err(|_| {
+            ProvisionError::BadInput(
+                "--url must look like postgres://user:password@host:port/database".into(),
+            )
+        })?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => {
+                return Err(ProvisionError::BadInput(
+                    "--url must name a TCP host".into(),
+                ))
+            }
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config
+            .get_user()
+            .ok_or_else(|| ProvisionError::BadInput("--url must name a user".into()))?
+            .to_owned();
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .ok_or_else(|| {
+                ProvisionError::BadInput("--url must carry the user's password".into())
+            })?;
+        let database = config.get_dbname().unwrap_or("postgres").to_owned();
+        for (what, value) in [
+            ("capacity", req.capacity),
+            ("max-connections", req.max_connections),
+        ] {
+            if value == Some(0) {
+                return Err(ProvisionError::BadInput(format!(
+                    "--{what} must be at least 1"
+                )));
+            }
+        }
+
+        let mut probe = config.clone();
+        probe.connect_timeout(std::time::Duration::from_secs(5));
+        let client = connect(&probe, name.as_str()).await?;
+        let row = client
+            .query_one(
+                "SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole,
+                        current_setting('max_connections')::int,
+                        current_setting('superuser_reserved_connections')::int
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| ProvisionError::server(name.as_str(), "check the admin role", &e))?;
+        let (superuser, createdb, createrole): (bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if !superuser && !(createdb && createrole) {
+            return Err(ProvisionError::BadInput(format!(
+                "role {user:?} on server {name} may not create databases and roles; \
+                 run `ALTER ROLE \"{user}\" CREATEDB CREATEROLE` there, or use another role"
+            )));
+        }
+        let server_max: i32 = row.get(3);
+        let reserved: i32 = row.get(4);
+        // Leave room for the reserved slots and for admin work (provisioning, migrations).
+        let default_max = (server_max - reserved - 10).max(1);
+        let max_connections = req.max_connections.map_or(default_max, |n| n as i32);
+        if max_connections > server_max {
+            return Err(ProvisionError::BadInput(format!(
+                "--max-connections {max_connections} is more than server {name} allows (max_connections = {server_max})"
+            )));
+        }
+        let capacity = req.capacity.unwrap_or(self.opts.default_capacity) as i32;
+
+        let sealed = self
+            .sealer
+            .seal(password.as_bytes(), &server_binding(&name));
+        let catalog = self.catalog.client().await?;
+        let inserted = catalog
+            .execute(
+                "INSERT INTO servers (name, host, port, admin_user, admin_database, admin_password,
+                                      key_version, capacity, max_connections)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &name.as_str(),
+                    &host,
+                    &i32::from(port),
+                    &user,
+                    &database,
+                    &sealed.bytes,
+                    &sealed.key_version,
+                    &capacity,
+                    &max_connections,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(ProvisionError::Conflict(format!(
+                "server {name} already exists; `tenantry server show {name}` shows it"
+            )));
+        }
+        self.show_server(name.as_str()).await
+    }
+
+    pub async fn list_servers(&self) -> Result<Vec<ServerInfo>, ProvisionError> {
+        self.server_infos(None).await
+    }
+
+    pub async fn show_server(&self, name: &str) -> Result<ServerInfo, ProvisionError> {
+        self.server_infos(Some(name))
+            .await?
+            .pop()
+            .ok_or_else(|| not_found(name))
+    }
+
+    async fn server_infos(&self, name: Option<&str>) -> Result<Vec<ServerInfo>, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT s.name, s.state, s.capacity, s.max_connections, count(t.id), s.host, s.port
+                     FROM servers s LEFT JOIN tenants t ON t.server_id = s.id AND {HOLDS_DATABASE}
+                     WHERE $1::text IS NULL OR s.name = $1
+                     GROUP BY s.id ORDER BY s.name"
+                ),
+                &[&name],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ServerInfo {
+                name: r.get(0),
+                state: r.get(1),
+                capacity: r.get(2),
+                max_connections: r.get(3),
+                tenants: r.get(4),
+                host: r.get(5),
+                port: r.get::<_, i32>(6) as u16,
+            })
+            .collect())
+    }
+
+    /// Stops new placements on `name`; its tenants stay.
+    pub async fn drain_server(&self, name: &str) -> Result<ServerInfo, ProvisionError> {
+        self.set_server_state(name, ServerState::Draining).await
+    }
+
+    /// Takes new placements on `name` again.
+    pub async fn activate_server(&self, name: &str) -> Result<ServerInfo, ProvisionError> {
+        self.set_server_state(name, ServerState::Active).await
+    }
+
+    async fn set_server_state(
+        &self,
+        name: &str,
+        state: ServerState,
+    ) -> Result<ServerInfo, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let n = client
+            .execute(
+                "UPDATE servers SET state = $2, updated_at = now() WHERE name = $1",
+                &[&name, &state.as_str()],
+            )
+            .await?;
+        if n == 0 {
+            return Err(not_found(name));
+        }
+        self.show_server(name).await
+    }
+
+    /// Unregisters `name`, dropping its template databases. Refuses while any tenant's
+    /// database lives there (purge or move them first).
+    pub async fn remove_server(&self, name: &str) -> Result<(), ProvisionError> {
+        let info = self.show_server(name).await?;
+        if info.tenants > 0 {
+            return Err(ProvisionError::Conflict(format!(
+                "server {name} still holds {} tenant database(s); delete them with --purge first \
+                 (`tenantry tenant list` shows them)",
+                info.tenants
+            )));
+        }
+        let server = self.server_by_name(name).await?;
+        let client = self.catalog.client().await?;
+        let templates = client
+            .query(
+                "SELECT database_name FROM template_databases WHERE server_id = $1",
+                &[&server.id],
+            )
+            .await?;
+        if !templates.is_empty() {
+            let admin = server.connect(&server.admin_database).await?;
+            for row in templates {
+                let db = Ident::new(row.get::<_, String>(0))
+                    .map_err(|e| ProvisionError::BadInput(e.to_string()))?;
+                crate::templates::drop_template_database(&admin, &db)
+                    .await
+                    .map_err(|e| ProvisionError::server(name, "drop a template database", &e))?;
+            }
+        }
+        client
+            .execute("DELETE FROM servers WHERE id = $1", &[&server.id])
+            .await?;
+        self.admin.forget(server.id);
+        Ok(())
+    }
+
+    pub(crate) async fn server_by_name(&self, name: &str) -> Result<ServerRow, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1"),
+                &[&name],
+            )
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        ServerRow::from_row(&row, &self.sealer)
+    }
+
+    pub(crate) async fn server_by_id(&self, id: i64) -> Result<ServerRow, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {SERVER_COLUMNS} FROM servers WHERE id = $1"),
+                &[&id],
+            )
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("server #{id} is not registered")))?;
+        ServerRow::from_row(&row, &self.sealer)
+    }
+
+    pub(crate) async fn all_servers(&self) -> Result<Vec<ServerRow>, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY name"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| ServerRow::from_row(r, &self.sealer))
+            .collect()
+    }
+}
+
+fn not_found(name: &str) -> ProvisionError {
+    ProvisionError::NotFound(format!(
+        "server {name:?} is not registered; `tenantry server list` shows the servers"
+    ))
+}
