@@ -90,7 +90,8 @@ impl Provisioner {
             .map_err(|e| ProvisionError::server(name.as_str(), "check the admin role", &e))?;
         let (superuser, createdb, createrole): (bool, bool, bool) =
             (row.get(0), row.get(1), row.get(2));
-        if !superuser && !(createdb && createrole) {
+        let may_provision = superuser || (createdb && createrole);
+        if !may_provision {
             return Err(ProvisionError::BadInput(format!(
                 "role {user:?} on server {name} may not create databases and roles; \
                  run `ALTER ROLE \"{user}\" CREATEDB CREATEROLE` there, or use another role"
