@@ -78,7 +78,10 @@ impl ProvisionError {
 /// A driver error in words (its Display alone says only "db error").
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return db.message().to_owned();
+        return match db.detail() {
+            Some(detail) => format!("{} ({})", db.message(), detail.replace('\n', "; ")),
+            None => db.message().to_owned(),
+        };
     }
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);

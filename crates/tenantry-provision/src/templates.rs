@@ -106,14 +106,19 @@ impl Provisioner {
         ensure_owner_role(&admin, &owner)
             .await
             .map_err(fail("create the template owner role"))?;
+        // The database belongs to the admin; its objects to the template owner. (Were
+        // the database the owner's too, REASSIGN OWNED in a clone would hand the
+        // template database itself to the tenant.)
         admin
-            .batch_execute(&format!("CREATE DATABASE {database} OWNER {owner}"))
+            .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .map_err(fail("create the template database"))?;
         {
             let mut client = server.connect(database.as_str()).await?;
             client
-                .batch_execute(&format!("SET ROLE {owner}"))
+                .batch_execute(&format!(
+                    "GRANT USAGE, CREATE ON SCHEMA public TO {owner}; SET ROLE {owner}"
+                ))
                 .await
                 .map_err(fail("become the template owner"))?;
             template.apply(&mut client).await?;
@@ -177,10 +182,12 @@ pub(crate) async fn drop_template_database(
         .await?
         .is_some();
     if exists {
+        // Two statements: a batch is one transaction, which DROP DATABASE refuses.
         admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {database} WITH IS_TEMPLATE false; DROP DATABASE IF EXISTS {database}"
-            ))
+            .batch_execute(&format!("ALTER DATABASE {database} WITH IS_TEMPLATE false"))
+            .await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
             .await?;
     }
     Ok(())

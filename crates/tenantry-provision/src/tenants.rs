@@ -498,6 +498,7 @@ impl Provisioner {
             client
                 .batch_execute(&format!(
                     "REASSIGN OWNED BY {owner} TO {role};
+                     DROP OWNED BY {owner};
                      REVOKE ALL ON DATABASE {db} FROM PUBLIC;
                      REVOKE ALL ON SCHEMA public FROM PUBLIC;
                      GRANT USAGE, CREATE ON SCHEMA public TO {role};
@@ -643,15 +644,19 @@ impl Provisioner {
         tenant: &TenantRow,
     ) -> Result<(), ProvisionError> {
         let admin = self.admin.get(server).await?;
+        // Separate statements: a multi-statement batch is one transaction, and DROP
+        // DATABASE refuses to run inside one.
         admin
             .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE); DROP ROLE IF EXISTS {}",
-                tenant.database, tenant.role
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                tenant.database
             ))
             .await
-            .map_err(|e| {
-                ProvisionError::server(&server.name, "drop the tenant database and role", &e)
-            })
+            .map_err(|e| ProvisionError::server(&server.name, "drop the tenant database", &e))?;
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", tenant.role))
+            .await
+            .map_err(|e| ProvisionError::server(&server.name, "drop the tenant role", &e))
     }
 
     async fn set_state(
@@ -857,16 +862,15 @@ impl Provisioner {
             self.revoke_connect(&server, &t).await
         })
         .await?;
-        let retention =
-            chrono::Duration::from_std(self.opts.retention).unwrap_or(chrono::Duration::days(7));
-        let purge_after = Utc::now() + retention;
+        let retention_s = self.opts.retention.as_secs_f64();
         let client = self.catalog.client().await?;
         client
             .execute(
-                "UPDATE tenants SET state = 'deleted', deleted_at = now(), purge_after = $2,
+                "UPDATE tenants SET state = 'deleted', deleted_at = now(),
+                        purge_after = now() + make_interval(secs => $2),
                         generation = generation + 1, updated_at = now()
                  WHERE id = $1 AND state = 'deleting'",
-                &[&id, &purge_after],
+                &[&id, &retention_s],
             )
             .await?;
         Ok(())
