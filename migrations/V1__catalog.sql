@@ -72,14 +72,15 @@ CREATE INDEX tenants_server ON tenants (server_id) WHERE state <> 'deleted';
 CREATE INDEX tenants_state ON tenants (state);
 
 -- The ledger: every lifecycle step is written here before it acts and again after.
--- A row still `started` after a crash is what reconcile finishes or undoes.
+-- A row left `started` (a crash) or `failed` (an error) is what reconcile finishes or
+-- undoes; it marks the row `reconciled` then.
 CREATE TABLE operations (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id    uuid REFERENCES tenants (id),
     server_id    bigint REFERENCES servers (id) ON DELETE SET NULL,
     kind         text NOT NULL,
     step         text NOT NULL,
-    status       text NOT NULL CHECK (status IN ('started', 'done', 'failed')),
+    status       text NOT NULL CHECK (status IN ('started', 'done', 'failed', 'reconciled')),
     detail       jsonb NOT NULL DEFAULT '{}',
     error        text,
     started_at   timestamptz NOT NULL DEFAULT now(),
@@ -87,7 +88,7 @@ CREATE TABLE operations (
 );
 
 CREATE INDEX operations_tenant ON operations (tenant_id, id);
-CREATE INDEX operations_open ON operations (started_at) WHERE status = 'started';
+CREATE INDEX operations_open ON operations (tenant_id) WHERE status IN ('started', 'failed');
 
 -- Fleet migration runs, and each tenant's part in one.
 CREATE TABLE migration_runs (

@@ -16,9 +16,15 @@ pub fn tenantry(cwd: &Path, env: &str) -> Command {
     }
     cmd.current_dir(cwd)
         .env("TENANTRY_ENV", env)
+        .env("TENANTRY__TEMPLATES__DIR", templates_dir())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     cmd
+}
+
+/// The repository's tenant templates.
+pub fn templates_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
 }
 
 /// A running `tenantry` process, killed when dropped.
@@ -114,4 +120,108 @@ pub fn process_alive(pid: u32) -> bool {
 
 pub fn output(mut cmd: Command) -> Output {
     cmd.output().expect("run tenantry")
+}
+
+/// A catalog and one registered server (`s1`) on a throwaway cluster, and a way to run
+/// `tenantry` commands against them.
+pub struct Deployment {
+    pub pg: tenantry_testkit::TestCluster,
+    pub home: tempfile::TempDir,
+    pub catalog_url: String,
+}
+
+impl Deployment {
+    pub async fn new() -> Self {
+        let pg = tenantry_testkit::TestCluster::start();
+        pg.create_database("catalog").await;
+        let catalog_url = pg.url("catalog");
+        let d = Self {
+            pg,
+            home: tempfile::tempdir().unwrap(),
+            catalog_url,
+        };
+        let out = d.run(&["catalog", "migrate"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = d.pg.url("postgres");
+        let out = d.run(&["server", "add", "s1", "--url", &url]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = tenantry(self.home.path(), "test");
+        cmd.args(args)
+            .env("TENANTRY__CATALOG__URL", &self.catalog_url);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        output(self.cmd(args))
+    }
+
+    /// Runs with `--output json` and parses stdout; panics unless the exit code is `code`.
+    pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub async fn catalog(&self) -> tokio_postgres::Client {
+        self.pg.connect("catalog").await
+    }
+
+    /// A connection as a tenant's own role, with its sealed password opened by the
+    /// test environment's master key.
+    pub async fn connect_tenant(
+        &self,
+        id: uuid::Uuid,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let catalog = self.catalog().await;
+        let row = catalog
+            .query_one(
+                "SELECT credentials, key_version FROM tenants WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let sealed = tenantry_catalog::Sealed {
+            bytes: row.get(0),
+            key_version: row.get(1),
+        };
+        let settings = tenantry_config::load(&tenantry_config::LoadOptions {
+            env: Some("test".into()),
+            config_dir: Some("/nonexistent".into()),
+            extra_file: None,
+            vars: Some(Default::default()),
+        })
+        .unwrap();
+        let sealer = tenantry_catalog::Sealer::new(1, &settings.master_key().unwrap().0);
+        let password = sealer.open(&sealed, &format!("tenant:{id}")).unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.pg.port())
+            .user(format!("tr_{}", id.simple()))
+            .password(password)
+            .dbname(database);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
 }

@@ -32,9 +32,22 @@ impl CliError {
     }
 }
 
-/// Errors that are the operation failing, unless a command says otherwise.
-impl<E: Into<anyhow::Error>> From<E> for CliError {
-    fn from(e: E) -> Self {
-        Self::Failed(e.into())
-    }
+macro_rules! failed_from {
+    ($($t:ty),+) => {$(
+        /// The operation failed: exit 1.
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                Self::Failed(e.into())
+            }
+        }
+    )+};
 }
+
+failed_from!(
+    anyhow::Error,
+    std::io::Error,
+    tokio::task::JoinError,
+    tenantry_catalog::CatalogError,
+    tenantry_embedded::ClusterError,
+    tenantry_router::BindError
+);

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input.
 
 mod commands;
+mod context;
 mod exit;
 mod logging;
 mod output;
@@ -26,6 +27,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Where tenant templates are read from (overrides templates.dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    templates: Option<PathBuf>,
+
     /// How commands that print data print it.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -44,6 +49,14 @@ enum Command {
     /// Manage the catalog database.
     #[command(subcommand)]
     Catalog(commands::catalog::Command),
+    /// Register and manage the PostgreSQL servers that hold tenant databases.
+    #[command(subcommand)]
+    Server(commands::server::Command),
+    /// Create and manage tenants.
+    #[command(subcommand)]
+    Tenant(commands::tenant::Command),
+    /// Finish or undo half-done work, purge expired tenants, report orphans.
+    Reconcile(commands::reconcile::Opts),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +84,13 @@ fn main() -> ExitCode {
             Command::Dev(opts) => commands::dev::run(opts, settings).await,
             Command::Serve(opts) => commands::serve::run(opts, settings).await,
             Command::Catalog(cmd) => commands::catalog::run(cmd, settings, cli.output).await,
+            Command::Server(cmd) => commands::server::run(cmd, settings, cli.output).await,
+            Command::Tenant(cmd) => {
+                commands::tenant::run(cmd, settings, cli.output, cli.templates).await
+            }
+            Command::Reconcile(opts) => {
+                commands::reconcile::run(opts, settings, cli.output, cli.templates).await
+            }
         }
     });
     // Do not wait for lingering blocking tasks (a connection attempt, say) at exit.

@@ -55,7 +55,8 @@ impl Step {
     }
 }
 
-/// Closes rows a crash left `started` for `tenant`, once reconcile has dealt with it.
+/// Marks `tenant`'s interrupted (`started`) and failed rows `reconciled`, once
+/// reconcile has dealt with them; returns the kinds of operation they belonged to.
 pub(crate) async fn close_interrupted(
     catalog: &Catalog,
     tenant: Uuid,
@@ -63,10 +64,28 @@ pub(crate) async fn close_interrupted(
     let client = catalog.client().await?;
     client
         .execute(
-            "UPDATE operations SET status = 'failed', error = 'interrupted; reconciled', finished_at = now()
-             WHERE tenant_id = $1 AND status = 'started'",
+            "UPDATE operations SET status = 'reconciled', error = coalesce(error, 'interrupted'),
+                    finished_at = coalesce(finished_at, now())
+             WHERE tenant_id = $1 AND status IN ('started', 'failed')",
             &[&tenant],
         )
         .await?;
     Ok(())
+}
+
+/// The kinds of `tenant`'s operations that a crash or an error left unfinished.
+pub(crate) async fn unfinished_kinds(
+    catalog: &Catalog,
+    tenant: Uuid,
+) -> Result<Vec<String>, ProvisionError> {
+    let client = catalog.client().await?;
+    Ok(client
+        .query(
+            "SELECT DISTINCT kind FROM operations WHERE tenant_id = $1 AND status IN ('started', 'failed')",
+            &[&tenant],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }

@@ -54,13 +54,13 @@ impl Provisioner {
             ..Default::default()
         };
         let client = self.catalog.client().await?;
-        // Tenants in a transient state, failed ones (whose undo may not have reached the
-        // server), tenants with an interrupted ledger step, and purges that are due.
+        // Tenants in a transient state, tenants with a ledger step that a crash left
+        // `started` or an error left `failed`, and purges that are due.
         let rows = client
             .query(
                 "SELECT DISTINCT t.id FROM tenants t
-                 LEFT JOIN operations o ON o.tenant_id = t.id AND o.status = 'started'
-                 WHERE t.state IN ('requested', 'creating', 'deleting', 'failed')
+                 LEFT JOIN operations o ON o.tenant_id = t.id AND o.status IN ('started', 'failed')
+                 WHERE t.state IN ('requested', 'creating', 'deleting')
                     OR o.id IS NOT NULL
                     OR (t.state = 'deleted' AND t.purged_at IS NULL AND t.purge_after <= now())",
                 &[],
@@ -161,8 +161,12 @@ impl Provisioner {
                     .info
                     .purge_after
                     .is_some_and(|t| t <= chrono::Utc::now());
-                let interrupted_purge = !tenant.purged;
-                if (due || interrupted_purge) && !tenant.purged {
+                // A purge once begun is finished, whatever the retention says.
+                let begun = ledger::unfinished_kinds(&self.catalog, id)
+                    .await?
+                    .iter()
+                    .any(|k| k == "purge");
+                if (due || begun) && !tenant.purged {
                     if !dry_run {
                         self.purge_locked(tenant).await?;
                     }

@@ -20,7 +20,7 @@ struct Report {
 pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(), CliError> {
     match cmd {
         Command::Migrate => {
-            let url = super::serve::catalog_url(&settings)?;
+            let url = crate::context::catalog_url(&settings)?;
             let report = tenantry_catalog::migrate(&url).await?;
             let report = Report {
                 applied: report.applied,

@@ -4,15 +4,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use secrecy::SecretString;
-use tenantry_catalog::{NewServer, Sealer};
+use tenantry_catalog::NewServer;
 use tenantry_config::Settings;
 use tenantry_embedded::{Cluster, ClusterOptions, Durability, OnExit};
 use tenantry_types::Ident;
 
 use crate::exit::CliError;
 
-/// The catalog database's name on the embedded cluster.
-const CATALOG_DB: &str = "tenantry";
+use crate::context::DEV_CATALOG_DB as CATALOG_DB;
 /// Connections of the embedded cluster, and the share tenants may use.
 const MAX_CONNECTIONS: u32 = 200;
 const TENANT_CONNECTIONS: u32 = 150;
@@ -70,11 +69,6 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
     let url = SecretString::from(cluster.url(CATALOG_DB));
     let catalog = super::serve::prepare_catalog(&url, settings).await?;
 
-    let key = settings.master_key().ok_or_else(|| {
-        CliError::usage(anyhow::anyhow!(
-            "secrets.master_key is not set; `tenantry dev` needs it to seal the local server's password"
-        ))
-    })?;
     catalog
         .upsert_server(
             &NewServer {
@@ -87,10 +81,32 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
                 capacity: 1000,
                 max_connections: TENANT_CONNECTIONS,
             },
-            &Sealer::new(1, &key.0),
+            &crate::context::sealer(settings)?,
         )
         .await
         .context("register the embedded cluster as server `local`")?;
+    super::serve::reconcile_at_start(settings, &catalog).await?;
+
+    // A tenant to try things with, made on the first run and found on the next.
+    let provisioner = tenantry_provision::Provisioner::new(
+        catalog.clone(),
+        crate::context::sealer(settings)?,
+        tenantry_provision::ProvisionOptions::from_settings(settings),
+    );
+    let (demo, created) = provisioner
+        .create_tenant(tenantry_provision::CreateTenant {
+            slug: "demo".into(),
+            plan: Some("pro".into()),
+            ..Default::default()
+        })
+        .await
+        .context("create the demo tenant")?;
+    if created {
+        eprintln!(
+            "Created tenant `demo` ({}, database {}).",
+            demo.plan, demo.database
+        );
+    }
 
     super::serve::serve_until_signal(settings, catalog, |addr| {
         print_banner(cluster, addr);
@@ -105,6 +121,7 @@ fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr) {
          \n  router      http://{addr}\
          \n  catalog     postgres://{user}@{host}:{port}/{CATALOG_DB}  (password in {root}/superuser.password)\
          \n  server      `local`: the embedded cluster, data in {root}/data, log in {root}/postgres.log\
+         \n  tenant      `demo` (plan pro): `tenantry tenant show demo`\
          \n\nTry:\
          \n  curl -s http://{addr}/healthz\
          \n  curl -s http://{addr}/readyz\

@@ -1,3 +1,6 @@
 pub mod catalog;
 pub mod dev;
+pub mod reconcile;
 pub mod serve;
+pub mod server;
+pub mod tenant;

@@ -13,22 +13,13 @@ use crate::exit::CliError;
 pub struct Opts {}
 
 pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
-    let url = catalog_url(&settings)?;
+    let url = crate::context::catalog_url(&settings)?;
     let catalog = prepare_catalog(&url, &settings).await?;
+    reconcile_at_start(&settings, &catalog).await?;
     serve_until_signal(&settings, catalog, |addr| {
         tracing::info!(%addr, "router listening");
     })
     .await
-}
-
-/// `catalog.url`, or a usage error that says how to set it.
-pub fn catalog_url(settings: &Settings) -> Result<SecretString, CliError> {
-    settings.catalog.url.clone().ok_or_else(|| {
-        CliError::usage(anyhow::anyhow!(
-            "catalog.url is not set: set TENANTRY__CATALOG__URL=postgres://user:password@host:port/database \
-             (or catalog.url_file), or run `tenantry dev` for a local embedded catalog"
-        ))
-    })
 }
 
 /// Migrates the catalog, opens its pool and writes the configured plan table into it.
@@ -52,6 +43,35 @@ pub async fn prepare_catalog(url: &SecretString, settings: &Settings) -> Result<
         .await
         .context("write the plan table")?;
     Ok(catalog)
+}
+
+/// Finishes or undoes what a crash left half-done before serving; problems are logged,
+/// not fatal (the operator's `tenantry reconcile` shows them in full).
+pub async fn reconcile_at_start(settings: &Settings, catalog: &Catalog) -> Result<(), CliError> {
+    let provisioner = tenantry_provision::Provisioner::new(
+        catalog.clone(),
+        crate::context::sealer(settings)?,
+        tenantry_provision::ProvisionOptions::from_settings(settings),
+    );
+    match provisioner.reconcile(false).await {
+        Ok(report) if report.is_clean() => {
+            tracing::info!(
+                finished = report.finished.len(),
+                undone = report.undone.len(),
+                purged = report.purged.len(),
+                "reconciled at start"
+            );
+        }
+        Ok(report) => tracing::warn!(
+            orphan_databases = report.orphan_databases.len(),
+            orphan_roles = report.orphan_roles.len(),
+            missing_databases = report.missing_databases.len(),
+            errors = ?report.errors,
+            "reconcile at start left work for an operator; run `tenantry reconcile`"
+        ),
+        Err(e) => tracing::warn!(error = %e, "reconcile at start failed"),
+    }
+    Ok(())
 }
 
 /// Runs the router until SIGINT or SIGTERM, then drains requests in flight and returns.

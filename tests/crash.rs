@@ -1,0 +1,184 @@
+//! The crash matrix: a failure at every lifecycle step — a returned error, a panic, and a
+//! process exit — then `tenantry reconcile`, then proof that nothing is orphaned, nothing
+//! is stuck, and every ready tenant works.
+
+mod support;
+
+use support::Deployment;
+
+const CREATE_STEPS: &[&str] = &[
+    "creating",
+    "template",
+    "credentials",
+    "role",
+    "database",
+    "grants",
+    "ready",
+];
+const OTHER_POINTS: &[(&str, &str)] = &[
+    ("suspend", "suspend.revoke"),
+    ("resume", "resume.grant"),
+    ("delete", "delete.revoke"),
+    ("purge", "purge.drop"),
+];
+
+async fn crash_matrix(mode: &str) {
+    let d = Deployment::new().await;
+    // One tenant that no fault touches: whatever happens around it, it must keep working.
+    assert!(d.run(&["tenant", "create", "control"]).status.success());
+    let mut slugs = vec!["control".to_owned()];
+
+    for step in CREATE_STEPS {
+        for when in ["before", "after"] {
+            let slug = format!("c-{step}-{when}");
+            let mut cmd = d.cmd(&["tenant", "create", &slug]);
+            cmd.env("TENANTRY_FAULT", format!("create.{step}.{when}={mode}"));
+            let out = cmd.output().unwrap();
+            assert!(!out.status.success(), "{slug}: the fault did not fire");
+            slugs.push(slug);
+        }
+    }
+    for (op, point) in OTHER_POINTS {
+        for when in ["before", "after"] {
+            let slug = format!("o-{op}-{when}");
+            assert!(d.run(&["tenant", "create", &slug]).status.success());
+            let args: Vec<&str> = match *op {
+                "suspend" => vec!["tenant", "suspend", &slug],
+                "resume" => {
+                    assert!(d.run(&["tenant", "suspend", &slug]).status.success());
+                    vec!["tenant", "resume", &slug]
+                }
+                "delete" => vec!["tenant", "delete", &slug],
+                _ => vec!["tenant", "delete", &slug, "--purge"],
+            };
+            let mut cmd = d.cmd(&args);
+            cmd.env("TENANTRY_FAULT", format!("{point}.{when}={mode}"));
+            let out = cmd.output().unwrap();
+            assert!(!out.status.success(), "{slug}: the fault did not fire");
+            slugs.push(slug);
+        }
+    }
+
+    let out = d.run(&["--output", "json", "reconcile"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second pass finds nothing left to do.
+    let again = d.json(&["reconcile"], 0);
+    for key in ["finished", "undone", "deleted", "purged", "errors"] {
+        assert_eq!(
+            again[key],
+            serde_json::json!([]),
+            "second reconcile: {again}"
+        );
+    }
+
+    let catalog = d.catalog().await;
+    let stuck: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM tenants WHERE state IN ('requested', 'creating', 'deleting')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stuck, 0, "tenants stuck in a transient state");
+    let open: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM operations WHERE status = 'started'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "ledger steps left open");
+
+    // 0 orphans: exactly the databases and roles of tenants that hold one exist.
+    let expected: std::collections::BTreeSet<String> = catalog
+        .query(
+            "SELECT database_name FROM tenants WHERE state IN ('ready', 'suspended', 'deleted') AND purged_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let admin = d.pg.connect("postgres").await;
+    let present: std::collections::BTreeSet<String> = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname ~ '^t_[0-9a-f]{32}$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(present, expected, "orphan or missing databases");
+    let roles: std::collections::BTreeSet<String> = admin
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname ~ '^tr_[0-9a-f]{32}$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0).replacen("tr_", "t_", 1))
+        .collect();
+    assert_eq!(roles, expected, "orphan or missing roles");
+
+    // Every ready tenant is usable, with its own credentials; suspended ones are shut.
+    let rows = catalog
+        .query("SELECT id, database_name, state, slug FROM tenants", &[])
+        .await
+        .unwrap();
+    let mut ready = 0;
+    for r in &rows {
+        let (id, db, state, slug): (uuid::Uuid, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        match state.as_str() {
+            "ready" => {
+                ready += 1;
+                let client = d
+                    .connect_tenant(id, &db)
+                    .await
+                    .unwrap_or_else(|e| panic!("ready tenant {slug} is not usable: {e}"));
+                client
+                    .execute(
+                        "INSERT INTO tasks (user_id, agent, title) VALUES ('u', 'opencode', 't')",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+            }
+            "suspended" => assert!(
+                d.connect_tenant(id, &db).await.is_err(),
+                "{slug} is suspended but reachable"
+            ),
+            "failed" | "deleted" => {}
+            other => panic!("{slug} is {other}"),
+        }
+    }
+    assert!(ready >= 1, "the control tenant is ready");
+    // Every outcome is one of the two the lifecycle allows: finished or cleanly undone.
+    assert_eq!(rows.len(), slugs.len());
+}
+
+#[tokio::test]
+async fn crash_matrix_returned_errors() {
+    crash_matrix("error").await;
+}
+
+#[tokio::test]
+async fn crash_matrix_panics() {
+    crash_matrix("panic").await;
+}
+
+#[tokio::test]
+async fn crash_matrix_process_exits() {
+    crash_matrix("exit").await;
+}
