@@ -74,7 +74,24 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
             .unwrap()
             .get(0);
         assert_eq!(plans, 3);
+        let demo = client
+            .query_one("SELECT state, plan FROM tenants WHERE slug = 'demo'", &[])
+            .await
+            .unwrap();
+        assert_eq!(demo.get::<_, String>(0), "ready");
+        assert_eq!(demo.get::<_, String>(1), "pro");
     }
+    // Other commands find the running dev cluster's catalog by themselves.
+    let mut show = tenantry(home.path(), "dev");
+    show.args(["--output", "json", "tenant", "show", "demo"]);
+    let out = support::output(show);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let demo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(demo["server"], "local");
 
     // A second `tenantry dev` on the same folder refuses, and harms nothing.
     let mut second = tenantry(home.path(), "dev");
@@ -126,6 +143,12 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
             .unwrap()
             .get(0);
         assert_eq!(servers, 1, "`local` is registered once, not once per run");
+        let tenants: i64 = client
+            .query_one("SELECT count(*) FROM tenants", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tenants, 1, "`demo` is created once");
     }
     again.signal("INT");
     let (status, _, _) = again.wait(Duration::from_secs(60));

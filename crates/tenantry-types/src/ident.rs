@@ -87,3 +87,58 @@ mod tests {
         assert!(sql_literal("a\0").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Undoes `quoted()`: strips the outer quotes and halves every doubled quote;
+    /// `None` if the text is not a single well-formed quoted identifier.
+    fn unquote(text: &str) -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                // Inside a quoted identifier a lone quote would end it: only "" may appear.
+                if chars.next() != Some('"') {
+                    return None;
+                }
+            }
+            out.push(c);
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_text_is_refused_or_quoted_so_it_reads_back_exactly(
+            name in prop_oneof![
+                "\\PC{0,80}",
+                "[\"';\\\\ a-z\\x00]{0,70}",
+                "[a-zé☃𝄞\"]{20,40}",
+            ]
+        ) {
+            match Ident::new(name.clone()) {
+                Ok(ident) => {
+                    prop_assert!(!name.is_empty() && name.len() <= 63 && !name.contains('\0'));
+                    prop_assert_eq!(unquote(&ident.quoted()), Some(name));
+                }
+                Err(IdentError::Empty) => prop_assert!(name.is_empty()),
+                Err(IdentError::TooLong(n)) => prop_assert!(n == name.len() && n > 63),
+                Err(IdentError::Nul) => prop_assert!(name.contains('\0')),
+            }
+        }
+
+        #[test]
+        fn literals_read_back_exactly(value in "\\PC{0,60}") {
+            let lit = sql_literal(&value).unwrap();
+            let inner = lit.strip_prefix('\'').unwrap().strip_suffix('\'').unwrap();
+            prop_assert_eq!(inner.replace("''", "'"), value);
+            prop_assert!(!inner.replace("''", "").contains('\''));
+        }
+    }
+}
