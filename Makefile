@@ -1,7 +1,7 @@
 # Tenantry: `make run` starts everything locally, `make test` checks everything.
 CARGO ?= cargo
 
-.PHONY: run test check fmt lint prerequisites postgres toolchain clean
+.PHONY: run test bench fmt lint prerequisites postgres toolchain clean
 
 ## Start Tenantry on a private PostgreSQL cluster under ./.tenantry (Ctrl-C stops it).
 run: prerequisites
@@ -17,6 +17,10 @@ test: prerequisites
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+## Benchmarks (release build); each prints a table and writes target/bench/<name>.json.
+bench: prerequisites
+	$(CARGO) bench -p tenantry-bench
 
 fmt:
 	$(CARGO) fmt --all

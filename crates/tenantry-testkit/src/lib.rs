@@ -32,7 +32,17 @@ impl TestCluster {
         Self::try_start().unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
     }
 
+    /// A cluster with fsync and full-page writes on, as in production: for benchmarks
+    /// whose figures must mean something. Removed afterwards like any other.
+    pub fn start_durable() -> Self {
+        Self::start_with(Durability::Durable).unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
+    }
+
     pub fn try_start() -> Result<Self, tenantry_embedded::ClusterError> {
+        Self::start_with(Durability::Throwaway)
+    }
+
+    fn start_with(durability: Durability) -> Result<Self, tenantry_embedded::ClusterError> {
         let template = template()?;
         let dir = tempfile::Builder::new()
             .prefix("tenantry-pg-")
@@ -44,7 +54,7 @@ impl TestCluster {
             // The cluster removes the folder itself, also from its watchdog.
             .keep();
         let mut opts = ClusterOptions::new(&dir);
-        opts.durability = Durability::Throwaway;
+        opts.durability = durability;
         opts.on_exit = OnExit::StopAndRemove;
         opts.copy_from = Some(template.to_owned());
         let mut cluster = match Cluster::open(opts) {

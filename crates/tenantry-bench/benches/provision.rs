@@ -1,0 +1,220 @@
+//! Provisioning: tenants per second and latency with 1 and 4 concurrent creators, a
+//! clone from the template against create-then-migrate, WAL_LOG against FILE_COPY, and
+//! purge — all in one run, on one durable cluster (fsync on) that the run starts itself.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tenantry_bench::{Ratio, Report, Summary};
+use tenantry_catalog::{Catalog, Sealer};
+use tenantry_config::CreateStrategy;
+use tenantry_migrate::Template;
+use tenantry_provision::{AddServer, CreateTenant, ProvisionOptions, Provisioner};
+use tenantry_testkit::TestCluster;
+
+const SEQUENTIAL: usize = 40;
+const CONCURRENT: usize = 4;
+const PER_CREATOR: usize = 20;
+const CLONES: usize = 20;
+
+fn templates_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
+}
+
+fn options(strategy: CreateStrategy) -> ProvisionOptions {
+    ProvisionOptions {
+        templates_dir: templates_dir(),
+        default_template: "tasks".into(),
+        retention: Duration::from_secs(3600),
+        statement_timeout_ms: 30_000,
+        idle_in_transaction_timeout_ms: 60_000,
+        create_strategy: strategy,
+        default_capacity: 100_000,
+    }
+}
+
+async fn create_many(p: &Provisioner, prefix: &str, n: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        p.create_tenant(CreateTenant {
+            slug: format!("{prefix}-{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create {prefix}-{i}: {e}"));
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+async fn timed<F: std::future::Future<Output = ()>>(n: usize, mut f: impl FnMut(usize) -> F) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        f(i).await;
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+async fn run() -> Report {
+    let pg = TestCluster::start_durable();
+    pg.create_database("catalog").await;
+    let catalog_url = SecretString::from(pg.url("catalog"));
+    tenantry_catalog::migrate(&catalog_url).await.unwrap();
+    let catalog = Catalog::new(&catalog_url, 16, Duration::from_secs(5)).unwrap();
+    let sealer = Sealer::new(1, &[7; 32]);
+    let wal = Provisioner::new(catalog.clone(), sealer.clone(), options(CreateStrategy::WalLog));
+    let file = Provisioner::new(catalog, sealer, options(CreateStrategy::FileCopy));
+    wal.add_server(AddServer {
+        name: "bench".into(),
+        url: SecretString::from(pg.url("postgres")),
+        capacity: None,
+        max_connections: None,
+    })
+    .await
+    .unwrap();
+    // The first create builds the template database: not part of any figure.
+    create_many(&wal, "warmup", 1).await;
+
+    let mut scenarios = Vec::new();
+
+    // 1 creator.
+    let start = Instant::now();
+    let seq = create_many(&wal, "seq", SEQUENTIAL).await;
+    scenarios.push(Summary::new("create, 1 creator (WAL_LOG)", &seq, start.elapsed()));
+
+    // 4 creators at once.
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|c| {
+            let p = wal.clone();
+            tokio::spawn(async move { create_many(&p, &format!("par{c}"), PER_CREATOR).await })
+        })
+        .collect();
+    let mut par = Vec::new();
+    for t in tasks {
+        par.extend(t.await.unwrap());
+    }
+    scenarios.push(Summary::new("create, 4 creators (WAL_LOG)", &par, start.elapsed()));
+
+    // The same, cloning with FILE_COPY.
+    let start = Instant::now();
+    let seq_file = create_many(&file, "fseq", SEQUENTIAL / 2).await;
+    scenarios.push(Summary::new("create, 1 creator (FILE_COPY)", &seq_file, start.elapsed()));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|c| {
+            let p = file.clone();
+            tokio::spawn(async move { create_many(&p, &format!("fpar{c}"), PER_CREATOR / 2).await })
+        })
+        .collect();
+    let mut par_file = Vec::new();
+    for t in tasks {
+        par_file.extend(t.await.unwrap());
+    }
+    scenarios.push(Summary::new("create, 4 creators (FILE_COPY)", &par_file, start.elapsed()));
+
+    // The database step alone: a clone of the template against a new database that
+    // replays the template's migrations.
+    let admin = pg.connect("postgres").await;
+    let template_db: String = pg
+        .connect("catalog")
+        .await
+        .query_one("SELECT database_name FROM template_databases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let template = Template::load(&templates_dir(), "tasks").unwrap();
+    let clone_wal = {
+        let start = Instant::now();
+        let s = timed(CLONES, |i| {
+            let (admin, tpl) = (&admin, &template_db);
+            async move {
+                admin
+                    .batch_execute(&format!("CREATE DATABASE clone_w{i} TEMPLATE {tpl} STRATEGY WAL_LOG"))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        Summary::new("database: clone template (WAL_LOG)", &s, start.elapsed())
+    };
+    let clone_file = {
+        let start = Instant::now();
+        let s = timed(CLONES, |i| {
+            let (admin, tpl) = (&admin, &template_db);
+            async move {
+                admin
+                    .batch_execute(&format!("CREATE DATABASE clone_f{i} TEMPLATE {tpl} STRATEGY FILE_COPY"))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        Summary::new("database: clone template (FILE_COPY)", &s, start.elapsed())
+    };
+    let replay = {
+        let start = Instant::now();
+        let s = timed(CLONES, |i| {
+            let (admin, pg, template) = (&admin, &pg, &template);
+            async move {
+                admin.batch_execute(&format!("CREATE DATABASE replay_{i}")).await.unwrap();
+                let mut client = pg.connect(&format!("replay_{i}")).await;
+                template.apply(&mut client).await.unwrap();
+            }
+        })
+        .await;
+        Summary::new("database: create, then replay migrations", &s, start.elapsed())
+    };
+
+    // Purge.
+    let start = Instant::now();
+    let purge = timed(SEQUENTIAL, |i| {
+        let p = &wal;
+        async move {
+            p.delete_tenant(&format!("seq-{i}"), true).await.unwrap();
+        }
+    })
+    .await;
+    let purge = Summary::new("delete --purge, 1 at a time", &purge, start.elapsed());
+
+    let ratios = vec![
+        Ratio {
+            name: "replay p50 / clone p50 (WAL_LOG)".into(),
+            value: replay.p50_ms / clone_wal.p50_ms,
+            meaning: "how much faster a clone is than replaying migrations".into(),
+        },
+        Ratio {
+            name: "FILE_COPY p50 / WAL_LOG p50 (clone)".into(),
+            value: clone_file.p50_ms / clone_wal.p50_ms,
+            meaning: "above 1: WAL_LOG clones faster".into(),
+        },
+        Ratio {
+            name: "4 creators / 1 creator (tenants/s)".into(),
+            value: scenarios[1].per_second / scenarios[0].per_second,
+            meaning: "how well creation scales with concurrency".into(),
+        },
+    ];
+    scenarios.extend([clone_wal, clone_file, replay, purge]);
+    Report {
+        name: "provision".into(),
+        notes: vec![
+            "one durable PostgreSQL cluster (fsync on) started by this run; tenants template `tasks`".into(),
+            "creates and purges go through the provisioner library (the admin API's path), not the CLI".into(),
+        ],
+        scenarios,
+        ratios,
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = runtime.block_on(run());
+    report.print_and_save();
+}

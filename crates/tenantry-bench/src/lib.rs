@@ -1,0 +1,117 @@
+//! Helpers for Tenantry's benchmarks: latency summaries, a printed table, a JSON file.
+//! Benchmarks measure; they never assert on time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Latencies of one scenario, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub count: usize,
+    pub total_ms: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    /// Summarises `samples`, taken over `wall` of wall-clock time.
+    pub fn new(scenario: impl Into<String>, samples: &[Duration], wall: Duration) -> Self {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if ms.is_empty() {
+                0.0
+            } else {
+                // Nearest rank.
+                let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len());
+                ms[rank - 1]
+            }
+        };
+        Self {
+            scenario: scenario.into(),
+            count: ms.len(),
+            total_ms: wall.as_secs_f64() * 1000.0,
+            per_second: if wall.is_zero() { 0.0 } else { ms.len() as f64 / wall.as_secs_f64() },
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: ms.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// A ratio between two scenarios of the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: String,
+    pub value: f64,
+    pub meaning: String,
+}
+
+/// What a benchmark found, printed and written to `target/bench/<name>.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub notes: Vec<String>,
+    pub scenarios: Vec<Summary>,
+    pub ratios: Vec<Ratio>,
+}
+
+impl Report {
+    pub fn print_and_save(&self) {
+        println!("\n== {} ==", self.name);
+        for note in &self.notes {
+            println!("  {note}");
+        }
+        println!(
+            "\n  {:<44} {:>6} {:>10} {:>9} {:>9} {:>9}",
+            "scenario", "n", "per s", "p50 ms", "p99 ms", "max ms"
+        );
+        for s in &self.scenarios {
+            println!(
+                "  {:<44} {:>6} {:>10.1} {:>9.1} {:>9.1} {:>9.1}",
+                s.scenario, s.count, s.per_second, s.p50_ms, s.p99_ms, s.max_ms
+            );
+        }
+        if !self.ratios.is_empty() {
+            println!();
+            for r in &self.ratios {
+                println!("  {:<44} {:>6.2}x  {}", r.name, r.value, r.meaning);
+            }
+        }
+        let dir = target_dir().join("bench");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{}.json", self.name));
+        match serde_json::to_string_pretty(self) {
+            Ok(text) if std::fs::write(&path, &text).is_ok() => println!("\n  written to {}", path.display()),
+            _ => eprintln!("could not write {}", path.display()),
+        }
+    }
+}
+
+/// `target/`, found from the running benchmark binary (`target/<profile>/deps/<bench>`).
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent()?.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = Summary::new("x", &samples, Duration::from_secs(2));
+        assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (50.0, 99.0, 100.0));
+        assert_eq!(s.per_second, 50.0);
+        let empty = Summary::new("none", &[], Duration::ZERO);
+        assert_eq!((empty.count, empty.p50_ms, empty.per_second), (0, 0.0, 0.0));
+    }
+}
