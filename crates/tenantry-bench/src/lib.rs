@@ -36,7 +36,11 @@ impl Summary {
             scenario: scenario.into(),
             count: ms.len(),
             total_ms: wall.as_secs_f64() * 1000.0,
-            per_second: if wall.is_zero() { 0.0 } else { ms.len() as f64 / wall.as_secs_f64() },
+            per_second: if wall.is_zero() {
+                0.0
+            } else {
+                ms.len() as f64 / wall.as_secs_f64()
+            },
             p50_ms: pick(0.50),
             p99_ms: pick(0.99),
             max_ms: ms.last().copied().unwrap_or(0.0),
@@ -87,7 +91,9 @@ impl Report {
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join(format!("{}.json", self.name));
         match serde_json::to_string_pretty(self) {
-            Ok(text) if std::fs::write(&path, &text).is_ok() => println!("\n  written to {}", path.display()),
+            Ok(text) if std::fs::write(&path, &text).is_ok() => {
+                println!("\n  written to {}", path.display())
+            }
             _ => eprintln!("could not write {}", path.display()),
         }
     }

@@ -150,10 +150,13 @@ impl AdminPools {
     }
 }
 
-/// Holds a tenant's advisory lock on a catalog connection of its own; dropping it
-/// closes that connection, which releases the lock (also when a panic unwinds).
+/// Holds a tenant's session advisory lock on a pooled catalog connection. Dropping it
+/// releases the lock and returns the connection to the pool; when that cannot be
+/// confirmed, the connection is closed instead, which releases the lock with the
+/// session. A crash closes it too.
 pub(crate) struct TenantLock {
-    _client: deadpool_postgres::ClientWrapper,
+    client: Option<Object>,
+    key: (i32, i32),
 }
 
 fn lock_key(tenant: Uuid) -> (i32, i32) {
@@ -163,22 +166,32 @@ fn lock_key(tenant: Uuid) -> (i32, i32) {
     (0x7465_6e74, objid)
 }
 
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
 impl TenantLock {
-    /// Waits for the lock (up to 60 s).
+    /// Waits for the lock (up to a minute).
     pub async fn acquire(catalog: &Catalog, tenant: Uuid) -> Result<Self, ProvisionError> {
-        let client = Object::take(catalog.client().await?);
-        let (class, obj) = lock_key(tenant);
-        client.batch_execute("SET lock_timeout = '60s'").await?;
-        client
-            .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &obj])
-            .await
-            .map_err(|e| {
-                ProvisionError::Conflict(format!(
-                    "tenant {tenant} is busy with another operation: {}",
-                    describe(&e)
-                ))
-            })?;
-        Ok(Self { _client: client })
+        let client = catalog.client().await?;
+        let key = lock_key(tenant);
+        let locked = tokio::time::timeout(
+            LOCK_WAIT,
+            client.execute("SELECT pg_advisory_lock($1, $2)", &[&key.0, &key.1]),
+        )
+        .await;
+        match locked {
+            Ok(Ok(_)) => Ok(Self {
+                client: Some(client),
+                key,
+            }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                // The request may still be queued on that session: close it.
+                drop(Object::take(client));
+                Err(ProvisionError::Conflict(format!(
+                    "tenant {tenant} has been busy with another operation for a minute; try again later"
+                )))
+            }
+        }
     }
 
     /// Takes the lock only if it is free.
@@ -186,12 +199,38 @@ impl TenantLock {
         catalog: &Catalog,
         tenant: Uuid,
     ) -> Result<Option<Self>, ProvisionError> {
-        let client = Object::take(catalog.client().await?);
-        let (class, obj) = lock_key(tenant);
+        let client = catalog.client().await?;
+        let key = lock_key(tenant);
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &obj])
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&key.0, &key.1])
             .await?
             .get(0);
-        Ok(got.then_some(Self { _client: client }))
+        Ok(got.then_some(Self {
+            client: Some(client),
+            key,
+        }))
+    }
+}
+
+impl Drop for TenantLock {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let (class, obj) = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let released = client
+                        .query_one("SELECT pg_advisory_unlock($1, $2)", &[&class, &obj])
+                        .await
+                        .is_ok_and(|row| row.get::<_, bool>(0));
+                    if !released {
+                        drop(Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
     }
 }
