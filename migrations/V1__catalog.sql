@@ -48,7 +48,7 @@ CREATE TABLE tenants (
     slug            text NOT NULL CHECK (slug ~ '^[a-z][a-z0-9-]{1,39}$'),
     plan            text NOT NULL REFERENCES plans (name),
     template        text NOT NULL,
-    server_id       bigint REFERENCES servers (id) ON DELETE SET NULL,
+    server_id       bigint REFERENCES servers (id),
     database_name   text NOT NULL,
     role_name       text NOT NULL,
     state           text NOT NULL CHECK (state IN

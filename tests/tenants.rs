@@ -113,6 +113,12 @@ async fn an_operator_runs_a_tenant_through_its_life() {
         d.json(&["reconcile"], 0)["purged"],
         serde_json::json!(["acme"])
     );
+    assert_eq!(
+        d.run(&["server", "remove", "s1"]).status.code(),
+        Some(2),
+        "not drained"
+    );
+    d.json(&["server", "drain", "s1"], 0);
     assert_eq!(d.json(&["server", "remove", "s1"], 0)["removed"], "s1");
 }
 

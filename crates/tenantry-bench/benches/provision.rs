@@ -73,8 +73,9 @@ async fn run_on(pg: &TestCluster, label: &str) -> (Vec<Summary>, Vec<Ratio>, Str
         catalog.clone(),
         sealer.clone(),
         options(CreateStrategy::WalLog),
-    );
-    let file = Provisioner::new(catalog, sealer, options(CreateStrategy::FileCopy));
+    )
+    .unwrap();
+    let file = Provisioner::new(catalog, sealer, options(CreateStrategy::FileCopy)).unwrap();
     wal.add_server(AddServer {
         name: "bench".into(),
         url: SecretString::from(pg.url("postgres")),

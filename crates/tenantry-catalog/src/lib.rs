@@ -59,6 +59,8 @@ pub fn parse_url(url: &SecretString) -> Result<tokio_postgres::Config, CatalogEr
 #[derive(Clone)]
 pub struct Catalog {
     pool: Pool,
+    config: tokio_postgres::Config,
+    connect_timeout: Duration,
 }
 
 impl Catalog {
@@ -71,8 +73,16 @@ impl Catalog {
         let mut config = parse_url(url)?;
         config.connect_timeout(connect_timeout);
         config.application_name("tenantry");
+        Self::from_config(config, max_size, connect_timeout)
+    }
+
+    fn from_config(
+        config: tokio_postgres::Config,
+        max_size: usize,
+        connect_timeout: Duration,
+    ) -> Result<Self, CatalogError> {
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -86,7 +96,17 @@ impl Catalog {
             .recycle_timeout(Some(Duration::from_secs(2)))
             .build()
             .map_err(|e| CatalogError::Unreachable(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            config,
+            connect_timeout,
+        })
+    }
+
+    /// Another pool over the same catalog, for connections held a long time (locks),
+    /// so that they never starve the queries that the holders themselves need.
+    pub fn separate_pool(&self, max_size: usize) -> Result<Self, CatalogError> {
+        Self::from_config(self.config.clone(), max_size, self.connect_timeout)
     }
 
     /// A pooled connection.
@@ -174,6 +194,21 @@ impl Catalog {
             })
             .collect())
     }
+}
+
+/// Takes CONNECT from PUBLIC on `name` (the catalog database, when it shares a server
+/// with tenant databases), so tenant roles cannot reach it.
+pub async fn revoke_public_connect(
+    admin_url: &SecretString,
+    name: &Ident,
+) -> Result<(), CatalogError> {
+    let client = migrate::connect_once(admin_url).await?;
+    client
+        .batch_execute(&format!(
+            "REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC"
+        ))
+        .await?;
+    Ok(())
 }
 
 /// Creates `name` on the server behind `admin_url` unless it exists; true when created.

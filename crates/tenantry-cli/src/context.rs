@@ -66,7 +66,7 @@ pub async fn provisioner(
     if let Some(dir) = templates {
         opts.templates_dir = dir;
     }
-    Ok(Provisioner::new(catalog, sealer(settings)?, opts))
+    Ok(Provisioner::new(catalog, sealer(settings)?, opts)?)
 }
 
 /// Exit 2 for what the caller got wrong, 1 for what failed.

@@ -192,7 +192,6 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         }
-        self.spawn_watchdog()?;
         tracing::debug!(root = %self.opts.root.display(), port = self.port, "postgres started");
         Ok(())
     }
@@ -216,11 +215,15 @@ impl Cluster {
                 let _ = server.wait();
             }
         }
+        self.kill_watchdog();
+        Ok(())
+    }
+
+    fn kill_watchdog(&mut self) {
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
         }
-        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -339,10 +342,18 @@ impl Cluster {
         let mut child = cmd
             .spawn()
             .context(|| format!("start {}", self.bins.postgres().display()))?;
+        // From its first moment, the server has a watchdog: if we die while it starts,
+        // it does not outlive us.
+        if let Err(e) = self.spawn_watchdog(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(_status)) = child.try_wait() {
+                self.kill_watchdog();
                 return Err(self.start_failed(&log_path, log_start));
             }
             if postmaster_ready(&data) && TcpStream::connect((HOST, self.port)).is_ok() {
@@ -352,6 +363,7 @@ impl Cluster {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                self.kill_watchdog();
                 return Err(self.start_failed(&log_path, log_start));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -369,7 +381,7 @@ impl Cluster {
     /// A shell that outlives us only to clean up after us: when this process is gone
     /// (however it went), it stops the server and, for throwaway clusters, removes the
     /// folder.
-    fn spawn_watchdog(&mut self) -> Result<(), ClusterError> {
+    fn spawn_watchdog(&mut self, server: u32) -> Result<(), ClusterError> {
         const SCRIPT: &str = r#"
 parent="$1"; server="$2"; signal="$3"; remove="$4"
 while kill -0 "$parent" 2>/dev/null; do sleep 0.2; done
@@ -379,9 +391,6 @@ while kill -0 "$server" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i+1)
 kill -KILL "$server" 2>/dev/null
 if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
 "#;
-        let Some(server) = self.server_pid() else {
-            return Ok(());
-        };
         let signal = match self.opts.on_exit {
             OnExit::Stop => "INT",
             OnExit::StopAndRemove => "QUIT",
@@ -579,11 +588,15 @@ fn copy_cluster(source: &Path, root: &Path, superuser: &str) -> Result<(), Clust
     let password = fs::read_to_string(source.join("superuser.password"))
         .context(|| format!("read the password of {}", source.display()))?;
     write_private(&root.join("superuser.password"), password.trim())?;
+    // The copy has the source's superuser, whatever was asked: `open` then says so.
+    let source_superuser = read_description(source)
+        .map(|d| d.superuser)
+        .unwrap_or_else(|_| superuser.to_owned());
     write_description(
         root,
         &Description {
             port: free_port()?,
-            superuser: superuser.to_owned(),
+            superuser: source_superuser,
         },
     )
 }

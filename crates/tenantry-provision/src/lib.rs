@@ -54,23 +54,33 @@ impl ProvisionOptions {
     }
 }
 
+/// How many tenants one process works on at once (each holds a lock connection).
+const LOCK_CONNECTIONS: usize = 32;
+
 /// The provisioner's handle: cheap to clone, safe to share.
 #[derive(Clone)]
 pub struct Provisioner {
     catalog: Catalog,
+    /// Connections that hold tenant locks: a pool of their own.
+    locks: Catalog,
     sealer: Sealer,
     opts: ProvisionOptions,
     admin: server::AdminPools,
 }
 
 impl Provisioner {
-    pub fn new(catalog: Catalog, sealer: Sealer, opts: ProvisionOptions) -> Self {
-        Self {
+    pub fn new(
+        catalog: Catalog,
+        sealer: Sealer,
+        opts: ProvisionOptions,
+    ) -> Result<Self, ProvisionError> {
+        Ok(Self {
+            locks: catalog.separate_pool(LOCK_CONNECTIONS)?,
             catalog,
             sealer,
             opts,
             admin: server::AdminPools::default(),
-        }
+        })
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -69,7 +69,7 @@ impl Provisioner {
         drop(client);
         for row in rows {
             let id: uuid::Uuid = row.get(0);
-            let Some(_lock) = TenantLock::try_acquire(&self.catalog, id).await? else {
+            let Some(_lock) = TenantLock::try_acquire(&self.locks, id).await? else {
                 report
                     .errors
                     .push(format!("tenant {id} is busy with another process; skipped"));
@@ -102,7 +102,16 @@ impl Provisioner {
                 }
                 match self.create_locked(id).await {
                     Ok(_) => report.finished.push(slug),
-                    Err(_) => report.undone.push(slug),
+                    Err(e) => {
+                        // Undone only if the undo reached the server; else it stays `creating`.
+                        if self.tenant_by_id(id).await?.state == TenantState::Failed {
+                            report.undone.push(slug);
+                        } else {
+                            report
+                                .errors
+                                .push(format!("tenant {slug}: {e}; left for the next reconcile"));
+                        }
+                    }
                 }
             }
             TenantState::Failed => {
@@ -121,20 +130,11 @@ impl Provisioner {
                 report.deleted.push(slug);
             }
             TenantState::Suspended => {
-                // An interrupted suspend: make sure CONNECT is revoked.
+                // An interrupted suspend: CONNECT revoked and sessions ended, again.
                 if !dry_run {
                     if let Some(server_id) = tenant.server_id {
                         let server = self.server_by_id(server_id).await?;
-                        let admin = self.admin.get(&server).await?;
-                        admin
-                            .batch_execute(&format!(
-                                "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM {}, PUBLIC",
-                                tenant.database, tenant.role
-                            ))
-                            .await
-                            .map_err(|e| {
-                                ProvisionError::server(&server.name, "revoke CONNECT", &e)
-                            })?;
+                        self.revoke_connect(&server, tenant).await?;
                     }
                 }
             }

@@ -150,63 +150,84 @@ impl AdminPools {
     }
 }
 
-/// Holds a tenant's session advisory lock on a pooled catalog connection. Dropping it
-/// releases the lock and returns the connection to the pool; when that cannot be
-/// confirmed, the connection is closed instead, which releases the lock with the
-/// session. A crash closes it too.
+/// Holds a tenant's session advisory lock on a connection of the provisioner's lock
+/// pool (kept apart from the catalog pool, so holders can always get the connections
+/// their steps need). Dropping it releases the lock and returns the connection; when
+/// that cannot be confirmed the connection is closed instead, which releases the lock
+/// with the session. A crash closes it too.
 pub(crate) struct TenantLock {
     client: Option<Object>,
-    key: (i32, i32),
+    key: i64,
 }
 
-fn lock_key(tenant: Uuid) -> (i32, i32) {
-    let bytes = tenant.as_bytes();
-    // The low 4 bytes of a UUIDv7 are random; with a fixed class, collisions only serialise.
-    let objid = i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-    (0x7465_6e74, objid)
+/// The whole id, folded to 64 bits: two tenants share a key with odds of 2^-64.
+fn lock_key(tenant: Uuid) -> i64 {
+    let (high, low) = tenant.as_u64_pair();
+    (high ^ low.rotate_left(29)) as i64
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// A connection that may hold a lock not yet handed to a [`TenantLock`]: if dropped
+/// (an error, or the caller's future cancelled mid-query), it is closed, never pooled.
+struct Pending(Option<Object>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
 impl TenantLock {
-    /// Waits for the lock (up to a minute).
-    pub async fn acquire(catalog: &Catalog, tenant: Uuid) -> Result<Self, ProvisionError> {
-        let client = catalog.client().await?;
+    /// Waits for the lock (up to a minute), polling with `pg_try_advisory_lock`, so no
+    /// request is ever left waiting on the server.
+    pub async fn acquire(locks: &Catalog, tenant: Uuid) -> Result<Self, ProvisionError> {
         let key = lock_key(tenant);
-        let locked = tokio::time::timeout(
-            LOCK_WAIT,
-            client.execute("SELECT pg_advisory_lock($1, $2)", &[&key.0, &key.1]),
-        )
-        .await;
-        match locked {
-            Ok(Ok(_)) => Ok(Self {
-                client: Some(client),
-                key,
-            }),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                // The request may still be queued on that session: close it.
-                drop(Object::take(client));
-                Err(ProvisionError::Conflict(format!(
-                    "tenant {tenant} has been busy with another operation for a minute; try again later"
-                )))
+        let mut pending = Pending(Some(locks.client().await?));
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let got = match &pending.0 {
+                Some(client) => client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                    .await?
+                    .get::<_, bool>(0),
+                None => false,
+            };
+            if got {
+                return Ok(Self {
+                    client: pending.0.take(),
+                    key,
+                });
             }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(ProvisionError::Conflict(format!(
+                    "tenant {tenant} has been busy with another operation for a minute; try again later"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
     /// Takes the lock only if it is free.
     pub async fn try_acquire(
-        catalog: &Catalog,
+        locks: &Catalog,
         tenant: Uuid,
     ) -> Result<Option<Self>, ProvisionError> {
-        let client = catalog.client().await?;
         let key = lock_key(tenant);
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&key.0, &key.1])
-            .await?
-            .get(0);
-        Ok(got.then_some(Self {
-            client: Some(client),
+        let mut pending = Pending(Some(locks.client().await?));
+        let got = match &pending.0 {
+            Some(client) => client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .get::<_, bool>(0),
+            None => false,
+        };
+        Ok(got.then(|| Self {
+            client: pending.0.take(),
             key,
         }))
     }
@@ -217,12 +238,12 @@ impl Drop for TenantLock {
         let Some(client) = self.client.take() else {
             return;
         };
-        let (class, obj) = self.key;
+        let key = self.key;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let released = client
-                        .query_one("SELECT pg_advisory_unlock($1, $2)", &[&class, &obj])
+                        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
                         .await
                         .is_ok_and(|row| row.get::<_, bool>(0));
                     if !released {

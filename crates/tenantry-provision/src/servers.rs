@@ -137,6 +137,7 @@ impl Provisioner {
                 "server {name} already exists; `tenantry server show {name}` shows it"
             )));
         }
+        self.lock_down_server(name.as_str()).await?;
         self.show_server(name.as_str()).await
     }
 
@@ -206,39 +207,107 @@ impl Provisioner {
         self.show_server(name).await
     }
 
-    /// Unregisters `name`, dropping its template databases. Refuses while any tenant's
-    /// database lives there (purge or move them first).
+    /// Unregisters `name`, dropping its template databases. The server must be drained
+    /// first, and hold no tenant database (purge or move them first).
     pub async fn remove_server(&self, name: &str) -> Result<(), ProvisionError> {
-        let info = self.show_server(name).await?;
-        if info.tenants > 0 {
+        let server = self.server_by_name(name).await?;
+        let mut client = self.catalog.client().await?;
+        let tx = client.transaction().await?;
+        // Under the placement lock: no create can place a tenant here meanwhile.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
+            &[],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT s.state, count(t.id) FROM servers s
+                     LEFT JOIN tenants t ON t.server_id = s.id AND {HOLDS_DATABASE}
+                     WHERE s.id = $1 GROUP BY s.id"
+                ),
+                &[&server.id],
+            )
+            .await?;
+        let (state, tenants): (String, i64) = (row.get(0), row.get(1));
+        if state != "draining" {
             return Err(ProvisionError::Conflict(format!(
-                "server {name} still holds {} tenant database(s); delete them with --purge first \
-                 (`tenantry tenant list` shows them)",
-                info.tenants
+                "server {name} is {state}; drain it first (`tenantry server drain {name}`) so nothing new lands there"
             )));
         }
-        let server = self.server_by_name(name).await?;
-        let client = self.catalog.client().await?;
-        let templates = client
+        if tenants > 0 {
+            return Err(ProvisionError::Conflict(format!(
+                "server {name} still holds {tenants} tenant database(s); delete them with --purge first \
+                 (`tenantry tenant list` shows them)"
+            )));
+        }
+        let templates: Vec<String> = tx
             .query(
                 "SELECT database_name FROM template_databases WHERE server_id = $1",
                 &[&server.id],
             )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Tombstones (purged and failed tenants) keep their rows, without a server.
+        tx.execute(
+            "UPDATE tenants SET server_id = NULL WHERE server_id = $1",
+            &[&server.id],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE operations SET server_id = NULL WHERE server_id = $1",
+            &[&server.id],
+        )
+        .await?;
+        tx.execute("DELETE FROM servers WHERE id = $1", &[&server.id])
             .await?;
+        tx.commit().await?;
+        self.admin.forget(server.id);
         if !templates.is_empty() {
-            let admin = server.connect(&server.admin_database).await?;
-            for row in templates {
-                let db = Ident::new(row.get::<_, String>(0))
-                    .map_err(|e| ProvisionError::BadInput(e.to_string()))?;
-                crate::templates::drop_template_database(&admin, &db)
-                    .await
-                    .map_err(|e| ProvisionError::server(name, "drop a template database", &e))?;
+            match server.connect(&server.admin_database).await {
+                Ok(admin) => {
+                    for name in templates {
+                        let Ok(db) = Ident::new(name) else { continue };
+                        if let Err(e) = crate::templates::drop_template_database(&admin, &db).await
+                        {
+                            tracing::warn!(server = %server.name, db = %db.as_str(), error = %e, "template database left behind");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "template databases left behind")
+                }
             }
         }
-        client
-            .execute("DELETE FROM servers WHERE id = $1", &[&server.id])
-            .await?;
-        self.admin.forget(server.id);
+        Ok(())
+    }
+
+    /// Takes CONNECT from PUBLIC on the server's shared databases (the admin database
+    /// and template1), so a tenant role reaches nothing but its own database. Where the
+    /// admin may not (it does not own them), says so in the log.
+    pub async fn lock_down_server(&self, name: &str) -> Result<(), ProvisionError> {
+        let server = self.server_by_name(name).await?;
+        let admin = self.admin.get(&server).await?;
+        let mut shared = vec![server.admin_database.clone(), "template1".to_owned()];
+        shared.dedup();
+        for db in shared {
+            let Ok(ident) = Ident::new(db.clone()) else {
+                continue;
+            };
+            if let Err(e) = admin
+                .batch_execute(&format!(
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC"
+                ))
+                .await
+            {
+                tracing::warn!(
+                    server = %server.name, db = %db, error = %crate::error::describe(&e),
+                    "cannot take CONNECT from PUBLIC; tenant roles may connect to this database"
+                );
+            }
+        }
         Ok(())
     }
 

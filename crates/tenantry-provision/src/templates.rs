@@ -134,7 +134,9 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Template databases of older content: dropped once nothing clones from them.
+    /// Template databases of older content: dropped ten minutes after they were
+    /// replaced (a creator that chose one just before may still be cloning it), and
+    /// only when nothing is connected to them.
     async fn drop_stale_templates(&self, server: &ServerRow, template: &Template) {
         let Ok(catalog) = self.catalog.client().await else {
             return;
@@ -142,7 +144,8 @@ impl Provisioner {
         let Ok(rows) = catalog
             .query(
                 "SELECT database_name FROM template_databases
-                 WHERE server_id = $1 AND template = $2 AND checksum <> $3",
+                 WHERE server_id = $1 AND template = $2 AND checksum <> $3
+                   AND created_at < now() - interval '10 minutes'",
                 &[&server.id, &template.name(), &template.checksum()],
             )
             .await

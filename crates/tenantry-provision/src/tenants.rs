@@ -266,7 +266,9 @@ impl Provisioner {
         }
     }
 
-    /// Records the tenant as `requested`, placed on a server; `None` if the slug was taken meanwhile.
+    /// Records the tenant as `requested`, placed on a server; `None` if the slug was
+    /// taken meanwhile. Servers are probed before the placement transaction (which
+    /// holds a catalog connection and the placement lock only for a few queries).
     async fn insert_requested(
         &self,
         slug: &Slug,
@@ -274,16 +276,61 @@ impl Provisioner {
         template: &str,
         server: Option<&str>,
     ) -> Result<Option<Uuid>, ProvisionError> {
-        let id = TenantId::new();
-        let mut client = self.catalog.client().await?;
-        let tx = client.transaction().await?;
-        // Placements take turns, so two creators never both fill a server's last slot.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
-            &[],
-        )
-        .await?;
-        let candidates = tx
+        for _ in 0..3 {
+            let server_id = self.choose_server(server).await?;
+            let id = TenantId::new();
+            let mut client = self.catalog.client().await?;
+            let tx = client.transaction().await?;
+            // Placements take turns, so two creators never both fill a server's last slot.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
+                &[],
+            )
+            .await?;
+            let still_fits: bool = tx
+                .query_one(
+                    &format!(
+                        "SELECT s.state = 'active' AND s.capacity > count(t.id)
+                         FROM servers s LEFT JOIN tenants t ON t.server_id = s.id AND {HOLDS_DATABASE}
+                         WHERE s.id = $1 GROUP BY s.id"
+                    ),
+                    &[&server_id],
+                )
+                .await?
+                .get(0);
+            if !still_fits {
+                // Filled or drained since we looked: choose again.
+                continue;
+            }
+            let inserted = tx
+                .execute(
+                    "INSERT INTO tenants (id, slug, plan, template, server_id, database_name, role_name, state)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')
+                     ON CONFLICT (slug) WHERE state <> 'deleted' DO NOTHING",
+                    &[
+                        &id.0,
+                        &slug.as_str(),
+                        &plan,
+                        &template,
+                        &server_id,
+                        &id.database_name().as_str(),
+                        &id.role_name().as_str(),
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            return Ok((inserted == 1).then_some(id.0));
+        }
+        Err(ProvisionError::NoCapacity(
+            "servers kept filling up while this tenant was placed; try again".into(),
+        ))
+    }
+
+    /// The named server if it can take a tenant, or the active, reachable server with
+    /// the most room.
+    async fn choose_server(&self, server: Option<&str>) -> Result<i64, ProvisionError> {
+        let client = self.catalog.client().await?;
+        let candidates = client
             .query(
                 &format!(
                     "SELECT s.id, s.name, s.state, s.capacity - count(t.id) AS free
@@ -294,73 +341,46 @@ impl Provisioner {
                 &[&server],
             )
             .await?;
-        let server_id: i64 = match server {
-            Some(name) => {
-                let row = candidates.first().ok_or_else(|| {
-                    ProvisionError::BadInput(format!(
-                        "server {name:?} is not registered; `tenantry server list` shows the servers"
-                    ))
-                })?;
-                if row.get::<_, String>(2) != "active" {
-                    return Err(ProvisionError::BadInput(format!(
-                        "server {name} is draining and takes no new tenants; choose another --server, or leave it out"
-                    )));
-                }
-                if row.get::<_, i64>(3) <= 0 {
-                    return Err(ProvisionError::BadInput(format!(
-                        "server {name} is full; choose another --server, or raise its capacity"
-                    )));
-                }
-                row.get(0)
+        drop(client);
+        if let Some(name) = server {
+            let row = candidates.first().ok_or_else(|| {
+                ProvisionError::BadInput(format!(
+                    "server {name:?} is not registered; `tenantry server list` shows the servers"
+                ))
+            })?;
+            if row.get::<_, String>(2) != "active" {
+                return Err(ProvisionError::BadInput(format!(
+                    "server {name} is draining and takes no new tenants; choose another --server, or leave it out"
+                )));
             }
-            None => {
-                let mut chosen = None;
-                let mut down = Vec::new();
-                for r in candidates
-                    .iter()
-                    .filter(|r| r.get::<_, String>(2) == "active" && r.get::<_, i64>(3) > 0)
-                {
-                    // A server that does not answer is passed over, not failed on.
-                    match self.check_reachable(r.get(0)).await {
-                        Ok(()) => {
-                            chosen = Some(r.get(0));
-                            break;
-                        }
-                        Err(e) => down.push(e.to_string()),
-                    }
-                }
-                chosen.ok_or_else(|| {
-                    ProvisionError::NoCapacity(if candidates.is_empty() {
-                        "no server is registered; add one with `tenantry server add NAME --url postgres://…`".into()
-                    } else if !down.is_empty() {
-                        format!("no server with room is reachable: {}", down.join("; "))
-                    } else {
-                        "every active server is full or draining; add a server or raise a capacity".into()
-                    })
-                })?
+            if row.get::<_, i64>(3) <= 0 {
+                return Err(ProvisionError::BadInput(format!(
+                    "server {name} is full; choose another --server, or raise its capacity"
+                )));
             }
-        };
-        if server.is_some() {
-            self.check_reachable(server_id).await?;
+            let id: i64 = row.get(0);
+            self.check_reachable(id).await?;
+            return Ok(id);
         }
-        let inserted = tx
-            .execute(
-                "INSERT INTO tenants (id, slug, plan, template, server_id, database_name, role_name, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'requested')
-                 ON CONFLICT (slug) WHERE state <> 'deleted' DO NOTHING",
-                &[
-                    &id.0,
-                    &slug.as_str(),
-                    &plan,
-                    &template,
-                    &server_id,
-                    &id.database_name().as_str(),
-                    &id.role_name().as_str(),
-                ],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok((inserted == 1).then_some(id.0))
+        let mut down = Vec::new();
+        for r in candidates
+            .iter()
+            .filter(|r| r.get::<_, String>(2) == "active" && r.get::<_, i64>(3) > 0)
+        {
+            // A server that does not answer is passed over, not failed on.
+            match self.check_reachable(r.get(0)).await {
+                Ok(()) => return Ok(r.get(0)),
+                Err(e) => down.push(e.to_string()),
+            }
+        }
+        Err(ProvisionError::NoCapacity(if candidates.is_empty() {
+            "no server is registered; add one with `tenantry server add NAME --url postgres://…`"
+                .into()
+        } else if !down.is_empty() {
+            format!("no server with room is reachable: {}", down.join("; "))
+        } else {
+            "every active server is full or draining; add a server or raise a capacity".into()
+        }))
     }
 
     async fn check_reachable(&self, server_id: i64) -> Result<(), ProvisionError> {
@@ -371,15 +391,19 @@ impl Provisioner {
     /// Runs (or resumes) the create steps of tenant `id` under its lock. On a returned
     /// error, what was made is undone and the tenant is `failed` with the step recorded.
     pub(crate) async fn drive_create(&self, id: Uuid) -> Result<TenantInfo, ProvisionError> {
-        let _lock = TenantLock::acquire(&self.catalog, id).await?;
+        let _lock = TenantLock::acquire(&self.locks, id).await?;
         self.create_locked(id).await
     }
 
     /// [`Provisioner::drive_create`] for a caller that holds the tenant's lock.
     pub(crate) async fn create_locked(&self, id: Uuid) -> Result<TenantInfo, ProvisionError> {
         let tenant = self.tenant_by_id(id).await?;
-        if matches!(tenant.state, TenantState::Ready | TenantState::Suspended) {
-            return Ok(tenant.info);
+        match tenant.state {
+            TenantState::Ready | TenantState::Suspended => return Ok(tenant.info),
+            TenantState::Requested | TenantState::Creating | TenantState::Failed => {}
+            // Deleted (or being deleted) while this call waited for the lock: never undo
+            // anything of a tenant that is not being created.
+            other => return Err(invalid_state(&tenant.info.slug, other, "being created")),
         }
         let mut step_name = "start";
         let result = self.create_steps(&tenant, &mut step_name).await;
@@ -467,9 +491,20 @@ impl Provisioner {
                     tenant.role,
                     self.opts.create_strategy.as_sql()
                 );
-                admin.batch_execute(&sql).await.map_err(|e| {
-                    ProvisionError::server(&server.name, "create the tenant database", &e)
-                })?;
+                if let Err(e) = admin.batch_execute(&sql).await {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) {
+                        // The template went away behind our back: forget it, so the next
+                        // attempt builds it again.
+                        let catalog = self.catalog.client().await?;
+                        catalog
+                            .execute(
+                                "DELETE FROM template_databases WHERE server_id = $1 AND database_name = $2",
+                                &[&server.id, &template_db.database.as_str()],
+                            )
+                            .await?;
+                    }
+                    return Err(ProvisionError::server(&server.name, "create the tenant database", &e));
+                }
             }
             Ok(())
         })
@@ -480,21 +515,6 @@ impl Provisioner {
             let client = server.connect(tenant.database.as_str()).await?;
             let owner =
                 Ident::new(TEMPLATE_OWNER).map_err(|e| ProvisionError::BadInput(e.to_string()))?;
-            let superuser: bool = client
-                .query_one(
-                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if !superuser {
-                client
-                    .batch_execute(&format!("GRANT {} TO CURRENT_USER", tenant.role))
-                    .await
-                    .map_err(|e| {
-                        ProvisionError::server(&server.name, "join the tenant role", &e)
-                    })?;
-            }
             client
                 .batch_execute(&format!(
                     "REASSIGN OWNED BY {owner} TO {role};
@@ -615,6 +635,12 @@ impl Provisioner {
     /// `failed` with the step and error. If the server cannot be reached, the tenant
     /// stays `creating` for reconcile.
     pub(crate) async fn undo_create(&self, tenant: &TenantRow, step: &str, error: &str) {
+        // A failure after the tenant became ready (recording the last step, say) leaves a
+        // finished tenant: never take that apart. Reconcile closes its ledger rows.
+        match self.tenant_by_id(tenant.info.id).await {
+            Ok(now) if now.state == TenantState::Ready => return,
+            _ => {}
+        }
         let dropped = match tenant.server_id {
             Some(server_id) => match self.server_by_id(server_id).await {
                 Ok(server) => self.drop_database_and_role(&server, tenant).await.is_ok(),
@@ -632,7 +658,7 @@ impl Provisioner {
                         credentials = CASE WHEN $2 = 'failed' THEN NULL ELSE credentials END,
                         key_version = CASE WHEN $2 = 'failed' THEN NULL ELSE key_version END,
                         generation = generation + 1, updated_at = now()
-                 WHERE id = $1",
+                 WHERE id = $1 AND state IN ('requested', 'creating', 'failed')",
                 &[&tenant.info.id, &state, &step, &error],
             )
             .await;
@@ -689,7 +715,7 @@ impl Provisioner {
     /// the NOTIFY), then CONNECT revoked and its sessions ended.
     pub async fn suspend_tenant(&self, slug: &str) -> Result<TenantInfo, ProvisionError> {
         let tenant = self.live_tenant(slug).await?;
-        let _lock = TenantLock::acquire(&self.catalog, tenant.info.id).await?;
+        let _lock = TenantLock::acquire(&self.locks, tenant.info.id).await?;
         let tenant = self.tenant_by_id(tenant.info.id).await?;
         match tenant.state {
             TenantState::Suspended => {}
@@ -713,7 +739,7 @@ impl Provisioner {
     /// Reachable again: CONNECT granted first, then the catalog says `ready`.
     pub async fn resume_tenant(&self, slug: &str) -> Result<TenantInfo, ProvisionError> {
         let tenant = self.live_tenant(slug).await?;
-        let _lock = TenantLock::acquire(&self.catalog, tenant.info.id).await?;
+        let _lock = TenantLock::acquire(&self.locks, tenant.info.id).await?;
         let tenant = self.tenant_by_id(tenant.info.id).await?;
         match tenant.state {
             TenantState::Ready => return Ok(tenant.info),
@@ -740,7 +766,7 @@ impl Provisioner {
         Ok(self.tenant_by_id(tenant.info.id).await?.info)
     }
 
-    async fn revoke_connect(
+    pub(crate) async fn revoke_connect(
         &self,
         server: &ServerRow,
         t: &TenantRow,
@@ -820,7 +846,7 @@ impl Provisioner {
         let tenant = self.live_tenant(slug).await?;
         let id = tenant.info.id;
         {
-            let _lock = TenantLock::acquire(&self.catalog, id).await?;
+            let _lock = TenantLock::acquire(&self.locks, id).await?;
             let tenant = self.tenant_by_id(id).await?;
             self.finish_delete(&tenant).await?;
         }
@@ -879,7 +905,7 @@ impl Provisioner {
     /// Drops a deleted tenant's database and role and destroys its credentials; the
     /// catalog row stays as a tombstone. Idempotent.
     pub(crate) async fn purge_tenant(&self, id: Uuid) -> Result<(), ProvisionError> {
-        let _lock = TenantLock::acquire(&self.catalog, id).await?;
+        let _lock = TenantLock::acquire(&self.locks, id).await?;
         let tenant = self.tenant_by_id(id).await?;
         self.purge_locked(&tenant).await
     }
@@ -926,7 +952,7 @@ impl Provisioner {
         let pg_dump = tenantry_embedded::PgBinaries::find()
             .map(|b| b.tool("pg_dump"))
             .unwrap_or_else(|_| "pg_dump".into());
-        let tmp = out.with_extension("partial");
+        let tmp = out.with_extension(format!("partial-{}", std::process::id()));
         let output = tokio::process::Command::new(&pg_dump)
             .arg("--format=custom")
             .arg("--no-owner")
@@ -945,6 +971,7 @@ impl Provisioner {
             .env("PGPASSWORD", server.password.expose_secret())
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| {
@@ -1013,5 +1040,20 @@ async fn ensure_role(
             st = opts.statement_timeout_ms,
             it = opts.idle_in_transaction_timeout_ms,
         ))
-        .await
+        .await?;
+    // A non-superuser admin (CREATEDB CREATEROLE) must be a member of the role to make
+    // it a database's owner, and to hand it the template's objects.
+    let superuser: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !superuser {
+        admin
+            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
+            .await?;
+    }
+    Ok(())
 }

@@ -256,7 +256,26 @@ async fn each_tenant_reaches_its_own_database_and_no_other() {
             }
         }
     }
-    assert_eq!(attempts, 6 * 5);
+    // Nor the server's shared databases.
+    for (t, password) in &tenants {
+        let role = format!("tr_{}", t.id.simple());
+        for db in ["postgres", "template1"] {
+            attempts += 1;
+            if fleet
+                .connect_as(
+                    t.server.as_deref().unwrap(),
+                    &role,
+                    password.expose_secret(),
+                    db,
+                )
+                .await
+                .is_ok()
+            {
+                successes += 1;
+            }
+        }
+    }
+    assert_eq!(attempts, 6 * 5 + 6 * 2);
     assert_eq!(
         successes, 0,
         "a tenant role reached another tenant's database"
@@ -337,4 +356,53 @@ async fn suspend_cuts_off_at_once_and_resume_restores() {
     assert_eq!(resumed.state, "ready");
     fleet.connect_tenant("sleepy").await.unwrap();
     assert_eq!(p.resume_tenant("sleepy").await.unwrap().state, "ready");
+}
+
+#[tokio::test]
+async fn a_non_superuser_admin_with_createdb_createrole_provisions_too() {
+    let fleet = Fleet::new(1).await;
+    let p = &fleet.provisioner;
+    let pg = fleet.server("s1");
+    let admin = pg.connect("postgres").await;
+    admin
+        .batch_execute(
+            "CREATE ROLE provisioner LOGIN CREATEDB CREATEROLE PASSWORD 'prov-pw';
+             GRANT CONNECT ON DATABASE postgres TO provisioner",
+        )
+        .await
+        .unwrap();
+    p.add_server(tenantry_provision::AddServer {
+        name: "limited".into(),
+        url: secrecy::SecretString::from(format!(
+            "postgres://provisioner:prov-pw@127.0.0.1:{}/postgres",
+            pg.port()
+        )),
+        capacity: None,
+        max_connections: Some(20),
+    })
+    .await
+    .unwrap();
+    let (t, _) = p
+        .create_tenant(CreateTenant {
+            slug: "modest".into(),
+            server: Some("limited".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(t.state, "ready");
+    let session = fleet.connect_tenant("modest").await.unwrap();
+    session
+        .execute(
+            "INSERT INTO tasks (user_id, agent, title) VALUES ('u', 'opencode', 'x')",
+            &[],
+        )
+        .await
+        .unwrap();
+    p.suspend_tenant("modest").await.unwrap();
+    assert!(fleet.connect_tenant("modest").await.is_err());
+    p.resume_tenant("modest").await.unwrap();
+    p.delete_tenant("modest", true).await.unwrap();
+    let (dbs, roles) = fleet.tenant_objects().await;
+    assert!(dbs.is_empty() && roles.is_empty(), "{dbs:?} {roles:?}");
 }

@@ -262,7 +262,9 @@ async fn servers_are_checked_before_they_are_registered_and_removed_only_when_em
     // A role that may not create databases.
     let admin = pg.connect("postgres").await;
     admin
-        .batch_execute("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'")
+        .batch_execute(
+            "CREATE ROLE weak LOGIN PASSWORD 'weak-pw'; GRANT CONNECT ON DATABASE postgres TO weak",
+        )
         .await
         .unwrap();
     let e = p
@@ -322,6 +324,13 @@ async fn servers_are_checked_before_they_are_registered_and_removed_only_when_em
     .unwrap();
     let e = p.remove_server("two").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("drain it first"), "{e}");
+    p.drain_server("two").await.unwrap();
+    let e = p.remove_server("two").await.unwrap_err();
+    assert!(
+        e.to_string().contains("still holds 1 tenant database"),
+        "{e}"
+    );
     p.delete_tenant("lodger", true).await.unwrap();
     p.remove_server("two").await.unwrap();
     assert!(p.show_server("two").await.is_err());

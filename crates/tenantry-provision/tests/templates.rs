@@ -84,10 +84,37 @@ async fn a_changed_template_is_rebuilt_and_new_tenants_are_born_at_its_version()
     let after = templates().await;
     assert_eq!(
         after.len(),
-        1,
-        "the old template is dropped once replaced: {after:?}"
+        2,
+        "the old template stays while a creator may still clone it"
     );
-    assert_ne!(after[0].0, before[0].0);
+    // Ten minutes on, the next build sweeps it.
+    fleet
+        .catalog()
+        .await
+        .execute(
+            "UPDATE template_databases SET created_at = now() - interval '11 minutes' WHERE database_name = $1",
+            &[&before[0].0],
+        )
+        .await
+        .unwrap();
+    std::fs::write(
+        root.path().join("tasks/V3__task_notes.sql"),
+        "ALTER TABLE tasks ADD COLUMN notes text;",
+    )
+    .unwrap();
+    let (third, _) = p
+        .create_tenant(CreateTenant {
+            slug: "later".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(third.schema_version, 3);
+    let swept = templates().await;
+    assert!(!swept.iter().any(|t| t.0 == before[0].0), "{swept:?}");
+    assert!(swept
+        .iter()
+        .any(|t| t.0 == after.iter().find(|a| a.0 != before[0].0).unwrap().0));
 
     let late = fleet.connect_tenant("late").await.unwrap();
     late.execute(

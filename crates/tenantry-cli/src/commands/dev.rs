@@ -85,6 +85,8 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
         )
         .await
         .context("register the embedded cluster as server `local`")?;
+    // Tenant roles on this cluster reach their own database, not the catalog or `postgres`.
+    tenantry_catalog::revoke_public_connect(&admin_url, &catalog_db).await?;
     super::serve::reconcile_at_start(settings, &catalog).await?;
 
     // A tenant to try things with, made on the first run and found on the next.
@@ -92,7 +94,8 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
         catalog.clone(),
         crate::context::sealer(settings)?,
         tenantry_provision::ProvisionOptions::from_settings(settings),
-    );
+    )?;
+    provisioner.lock_down_server("local").await?;
     let (demo, created) = provisioner
         .create_tenant(tenantry_provision::CreateTenant {
             slug: "demo".into(),

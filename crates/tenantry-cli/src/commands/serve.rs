@@ -52,7 +52,7 @@ pub async fn reconcile_at_start(settings: &Settings, catalog: &Catalog) -> Resul
         catalog.clone(),
         crate::context::sealer(settings)?,
         tenantry_provision::ProvisionOptions::from_settings(settings),
-    );
+    )?;
     match provisioner.reconcile(false).await {
         Ok(report) if report.is_clean() => {
             tracing::info!(

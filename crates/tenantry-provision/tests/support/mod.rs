@@ -44,7 +44,7 @@ impl Fleet {
         let catalog_url = SecretString::from(servers[0].url("catalog"));
         tenantry_catalog::migrate(&catalog_url).await.unwrap();
         let catalog = Catalog::new(&catalog_url, 8, Duration::from_secs(5)).unwrap();
-        let provisioner = Provisioner::new(catalog, Sealer::new(1, &[42; 32]), opts);
+        let provisioner = Provisioner::new(catalog, Sealer::new(1, &[42; 32]), opts).unwrap();
         for (i, pg) in servers.iter().enumerate() {
             provisioner
                 .add_server(AddServer {
@@ -63,8 +63,13 @@ impl Fleet {
         }
     }
 
+    /// The cluster behind server `sN`; servers that tests register under other names
+    /// are on the first cluster.
     pub fn server(&self, name: &str) -> &TestCluster {
-        let i: usize = name.trim_start_matches('s').parse().unwrap();
+        let i = name
+            .strip_prefix('s')
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
         &self.servers[i - 1]
     }
 
