@@ -141,3 +141,12 @@ $$;
 
 CREATE TRIGGER tenants_notify AFTER INSERT OR UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION tenants_notify();
+
+-- Live router processes: each heartbeats here, and each server's connection budget is
+-- split among the live ones.
+CREATE TABLE router_replicas (
+    id            uuid PRIMARY KEY,
+    host          text NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now()
+);

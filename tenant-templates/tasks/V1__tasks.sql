@@ -9,6 +9,9 @@ CREATE TABLE tasks (
     status      text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'done', 'failed')),
     output      jsonb,
     cost_cents  integer NOT NULL DEFAULT 0 CHECK (cost_cents >= 0),
+    -- A client's retry of POST /v1/tasks with the same Idempotency-Key finds this task
+    -- instead of making (and paying for) another.
+    idempotency_key text UNIQUE CHECK (length(idempotency_key) <= 200),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -25,5 +28,5 @@ CREATE TABLE usage_logs (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- /v1/usage sums the current month.
-CREATE INDEX usage_logs_created ON usage_logs (created_at);
+-- /v1/usage and the monthly quota count the current month.
+CREATE INDEX usage_logs_created ON usage_logs (created_at, action);

@@ -49,5 +49,6 @@ failed_from!(
     tokio::task::JoinError,
     tenantry_catalog::CatalogError,
     tenantry_embedded::ClusterError,
-    tenantry_router::BindError
+    tenantry_router::BindError,
+    tenantry_router::auth::AuthSetupError
 );

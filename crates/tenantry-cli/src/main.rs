@@ -57,6 +57,9 @@ enum Command {
     Tenant(commands::tenant::Command),
     /// Finish or undo half-done work, purge expired tenants, report orphans.
     Reconcile(commands::reconcile::Opts),
+    /// Sign tokens for development and tests.
+    #[command(subcommand)]
+    Token(commands::token::Command),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Tenant(cmd) => {
                 commands::tenant::run(cmd, settings, cli.output, cli.templates).await
             }
+            Command::Token(cmd) => commands::token::run(cmd, settings, cli.output),
             Command::Reconcile(opts) => {
                 commands::reconcile::run(opts, settings, cli.output, cli.templates).await
             }

@@ -16,8 +16,8 @@ mod settings;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use settings::{
     AuthSettings, CatalogSettings, CreateStrategy, DevSettings, HttpSettings, LogFormat,
-    LogSettings, MasterKey, PlanOverride, ProvisionSettings, SecretsSettings, Settings,
-    TemplatesSettings,
+    LogSettings, MasterKey, PlanOverride, ProvisionSettings, RouterSettings, SecretsSettings,
+    Settings, TemplatesSettings,
 };
 
 use std::collections::HashMap;

@@ -24,8 +24,23 @@ pub struct Settings {
     #[serde(default)]
     pub plans: BTreeMap<String, PlanOverride>,
     pub provision: ProvisionSettings,
+    pub router: RouterSettings,
     pub dev: DevSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouterSettings {
+    pub cache_ttl_s: u64,
+    pub negative_ttl_s: u64,
+    pub pool_wait_ms: u64,
+    pub pool_connect_ms: u64,
+    pub idle_timeout_s: u64,
+    pub pool_idle_s: u64,
+    pub heartbeat_s: u64,
+    pub min_schema_version: i32,
+    pub sql_statement_timeout_ms: u64,
+    pub sql_row_cap: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +306,25 @@ impl Settings {
         if let Some(key) = &self.secrets.master_key {
             decode_key(key.expose_secret())
                 .map_err(|p| ConfigError::invalid("secrets.master_key", p))?;
+        }
+        for (key, value) in [
+            ("router.pool_wait_ms", self.router.pool_wait_ms),
+            ("router.pool_connect_ms", self.router.pool_connect_ms),
+            ("router.heartbeat_s", self.router.heartbeat_s),
+            (
+                "router.sql_statement_timeout_ms",
+                self.router.sql_statement_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.router.sql_row_cap == 0 {
+            return Err(ConfigError::invalid(
+                "router.sql_row_cap",
+                "must be at least 1",
+            ));
         }
         if self.provision.default_capacity == 0 {
             return Err(ConfigError::invalid(

@@ -18,6 +18,10 @@ pub enum ErrorCode {
     InvalidRequest,
     UnprocessableRequest,
     TenantUnavailable,
+    /// A resource the request needs (a database server) is down or full (admin API).
+    Unavailable,
+    /// The request conflicts with the current state (admin API: a slug taken with other options).
+    Conflict,
     NotReady,
     Internal,
 }
@@ -36,6 +40,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidRequest | Self::UnprocessableRequest => "invalid_request",
             Self::TenantUnavailable => "tenant_unavailable",
+            Self::Unavailable => "unavailable",
+            Self::Conflict => "conflict",
             Self::NotReady => "not_ready",
             Self::Internal => "internal",
         }
@@ -52,7 +58,10 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::UnprocessableRequest => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TenantUnavailable | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TenantUnavailable | Self::NotReady | Self::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Conflict => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -4,16 +4,29 @@
 //! Only this crate knows actix. Handlers return [`ApiError`]; nothing else reaches a
 //! response body, so no driver text or internal detail can leak.
 
+mod admin;
+pub mod auth;
 mod error;
 mod health;
+mod metrics;
+pub mod replicas;
+pub mod resolve;
+mod tasks;
+mod tenant;
 
 pub use error::{ApiError, ErrorCode};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
-use tenantry_catalog::Catalog;
+use secrecy::SecretString;
+use tenantry_catalog::{Catalog, Sealer};
+use tenantry_config::Settings;
+use tenantry_pools::{PoolConfig, Pools};
+use tenantry_provision::Provisioner;
+use uuid::Uuid;
 
 /// What the router needs to run.
 #[derive(Clone)]
@@ -29,6 +42,126 @@ pub struct RouterOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    pub auth: Arc<auth::Authenticator>,
+    pub resolver: Arc<resolve::Resolver>,
+    pub pools: Pools,
+    pub limits: Arc<tenant::RateLimits>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub provisioner: Provisioner,
+    pub min_schema_version: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Auth(#[from] auth::AuthSetupError),
+    #[error(transparent)]
+    Catalog(#[from] tenantry_catalog::CatalogError),
+}
+
+/// The router's background work: the tenant change listener, the pool reaper, the
+/// replica heartbeat. [`Background::stop`] ends it and deregisters the replica.
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    catalog: Catalog,
+    replica: Uuid,
+}
+
+impl Background {
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        replicas::deregister(&self.catalog, self.replica).await;
+    }
+}
+
+impl AppState {
+    /// Everything the router needs, from settings; starts its background work.
+    pub async fn start(
+        settings: &Settings,
+        catalog: Catalog,
+        catalog_url: SecretString,
+        sealer: Sealer,
+        provisioner: Provisioner,
+    ) -> Result<(Self, Background), SetupError> {
+        let r = &settings.router;
+        let auth = auth::Authenticator::new(
+            &settings.auth.issuer,
+            &settings.auth.audience,
+            settings.auth.hs256_secret.as_ref(),
+            &settings.auth.public_keys,
+        )?;
+        let resolver = Arc::new(resolve::Resolver::new(
+            catalog.clone(),
+            sealer,
+            Duration::from_secs(r.cache_ttl_s),
+            Duration::from_secs(r.negative_ttl_s),
+        ));
+        let pools = Pools::new(
+            PoolConfig {
+                wait_timeout: Duration::from_millis(r.pool_wait_ms),
+                connect_timeout: Duration::from_millis(r.pool_connect_ms),
+                idle_timeout: Duration::from_secs(r.idle_timeout_s),
+                pool_idle_timeout: Duration::from_secs(r.pool_idle_s),
+            },
+            10,
+        );
+        let replica = Uuid::now_v7();
+        let every = Duration::from_secs(r.heartbeat_s);
+        // Budgets are known before the first request.
+        replicas::beat(&catalog, &pools, replica, every).await?;
+        let limits = Arc::new(tenant::RateLimits::default());
+        let tasks = vec![
+            resolver.spawn_listener(catalog_url),
+            pools.spawn_reaper(Duration::from_secs(1)),
+            replicas::spawn(catalog.clone(), pools.clone(), replica, every),
+            {
+                let limits = limits.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(tenant::SHRINK_EVERY);
+                    loop {
+                        tick.tick().await;
+                        limits.shrink();
+                    }
+                })
+            },
+        ];
+        let state = Self {
+            catalog: catalog.clone(),
+            auth: Arc::new(auth),
+            resolver,
+            pools,
+            limits,
+            metrics: Arc::new(metrics::Metrics::new()),
+            provisioner,
+            min_schema_version: r.min_schema_version,
+        };
+        Ok((
+            state,
+            Background {
+                tasks,
+                catalog,
+                replica,
+            },
+        ))
+    }
+}
+
+/// The root span of every request: its id and, once known, its tenant.
+struct Spans;
+
+impl tracing_actix_web::RootSpanBuilder for Spans {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        tracing_actix_web::root_span!(request, tenant = tracing::field::Empty)
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
 }
 
 /// A started router: its bound address, a handle to stop it, and the future that
@@ -58,8 +191,12 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .app_data(error::json_config(max_body))
             .app_data(error::query_config())
             .app_data(error::path_config())
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(actix_web::middleware::from_fn(metrics::record))
+            .wrap(tracing_actix_web::TracingLogger::<Spans>::new())
             .configure(health::routes)
+            .route("/metrics", web::get().to(metrics::metrics))
+            .configure(tasks::routes)
+            .configure(admin::routes)
             .default_service(web::to(error::not_found))
     })
     .disable_signals()

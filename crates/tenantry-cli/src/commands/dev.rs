@@ -1,5 +1,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
@@ -87,14 +88,10 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
         .context("register the embedded cluster as server `local`")?;
     // Tenant roles on this cluster reach their own database, not the catalog or `postgres`.
     tenantry_catalog::revoke_public_connect(&admin_url, &catalog_db).await?;
-    super::serve::reconcile_at_start(settings, &catalog).await?;
+    let provisioner = super::serve::provisioner(settings, &catalog)?;
+    super::serve::reconcile_at_start(&provisioner).await;
 
     // A tenant to try things with, made on the first run and found on the next.
-    let provisioner = tenantry_provision::Provisioner::new(
-        catalog.clone(),
-        crate::context::sealer(settings)?,
-        tenantry_provision::ProvisionOptions::from_settings(settings),
-    )?;
     provisioner.lock_down_server("local").await?;
     let (demo, created) = provisioner
         .create_tenant(tenantry_provision::CreateTenant {
@@ -110,24 +107,35 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
             demo.plan, demo.database
         );
     }
+    let token = super::token::issue(
+        settings,
+        "demo",
+        "dev-user",
+        None,
+        Duration::from_secs(24 * 3600),
+    )?;
 
-    super::serve::serve_until_signal(settings, catalog, |addr| {
-        print_banner(cluster, addr);
+    super::serve::serve_until_signal(settings, catalog, url, provisioner, |addr| {
+        print_banner(cluster, addr, &token);
     })
     .await
 }
 
-fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr) {
+fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr, token: &str) {
     let root = cluster.root().display();
+    let auth = format!("-H 'Authorization: Bearer {token}'");
     println!(
         "\nTenantry is running (dev).\n\
          \n  router      http://{addr}\
          \n  catalog     postgres://{user}@{host}:{port}/{CATALOG_DB}  (password in {root}/superuser.password)\
          \n  server      `local`: the embedded cluster, data in {root}/data, log in {root}/postgres.log\
-         \n  tenant      `demo` (plan pro): `tenantry tenant show demo`\
+         \n  tenant      `demo` (plan pro); a token for it, valid 24 h:\
+         \n\n{token}\
          \n\nTry:\
-         \n  curl -s http://{addr}/healthz\
          \n  curl -s http://{addr}/readyz\
+         \n  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"agent\": \"claude\", \"title\": \"Write a haiku\"}}' http://{addr}/v1/tasks\
+         \n  curl -s {auth} http://{addr}/v1/tasks\
+         \n  curl -s {auth} http://{addr}/v1/usage\
          \n\nCtrl-C stops the router and the cluster.\n",
         user = cluster.superuser(),
         host = cluster.host(),

@@ -4,3 +4,4 @@ pub mod reconcile;
 pub mod serve;
 pub mod server;
 pub mod tenant;
+pub mod token;

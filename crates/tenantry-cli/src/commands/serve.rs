@@ -5,6 +5,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tenantry_catalog::Catalog;
 use tenantry_config::Settings;
+use tenantry_provision::{ProvisionOptions, Provisioner};
 use tenantry_router::{AppState, RouterOptions};
 
 use crate::exit::CliError;
@@ -15,8 +16,9 @@ pub struct Opts {}
 pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
     let url = crate::context::catalog_url(&settings)?;
     let catalog = prepare_catalog(&url, &settings).await?;
-    reconcile_at_start(&settings, &catalog).await?;
-    serve_until_signal(&settings, catalog, |addr| {
+    let provisioner = provisioner(&settings, &catalog)?;
+    reconcile_at_start(&provisioner).await;
+    serve_until_signal(&settings, catalog, url, provisioner, |addr| {
         tracing::info!(%addr, "router listening");
     })
     .await
@@ -45,14 +47,17 @@ pub async fn prepare_catalog(url: &SecretString, settings: &Settings) -> Result<
     Ok(catalog)
 }
 
-/// Finishes or undoes what a crash left half-done before serving; problems are logged,
-/// not fatal (the operator's `tenantry reconcile` shows them in full).
-pub async fn reconcile_at_start(settings: &Settings, catalog: &Catalog) -> Result<(), CliError> {
-    let provisioner = tenantry_provision::Provisioner::new(
+pub fn provisioner(settings: &Settings, catalog: &Catalog) -> Result<Provisioner, CliError> {
+    Ok(Provisioner::new(
         catalog.clone(),
         crate::context::sealer(settings)?,
-        tenantry_provision::ProvisionOptions::from_settings(settings),
-    )?;
+        ProvisionOptions::from_settings(settings),
+    )?)
+}
+
+/// Finishes or undoes what a crash left half-done before serving; problems are logged,
+/// not fatal (the operator's `tenantry reconcile` shows them in full).
+pub async fn reconcile_at_start(provisioner: &Provisioner) {
     match provisioner.reconcile(false).await {
         Ok(report) if report.is_clean() => {
             tracing::info!(
@@ -71,13 +76,14 @@ pub async fn reconcile_at_start(settings: &Settings, catalog: &Catalog) -> Resul
         ),
         Err(e) => tracing::warn!(error = %e, "reconcile at start failed"),
     }
-    Ok(())
 }
 
 /// Runs the router until SIGINT or SIGTERM, then drains requests in flight and returns.
 pub async fn serve_until_signal(
     settings: &Settings,
     catalog: Catalog,
+    catalog_url: SecretString,
+    provisioner: Provisioner,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), CliError> {
     let opts = RouterOptions {
@@ -86,21 +92,33 @@ pub async fn serve_until_signal(
         shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_s),
         workers: None,
     };
-    let router = tenantry_router::start(&opts, AppState { catalog })?;
+    let sealer = crate::context::sealer(settings)?;
+    let (state, background) = AppState::start(settings, catalog, catalog_url, sealer, provisioner)
+        .await
+        .map_err(|e| match e {
+            tenantry_router::SetupError::Auth(e) => CliError::usage(e),
+            other => CliError::failed(other),
+        })?;
+    let router = tenantry_router::start(&opts, state)?;
     on_listening(router.addr);
     let handle = router.handle.clone();
     let mut server = tokio::spawn(router.server);
-    tokio::select! {
+    let result = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down: draining requests in flight");
             handle.stop(true).await;
             let _ = server.await;
+            Ok(())
         }
         ended = &mut server => {
-            ended.context("the router task failed")?.context("the router stopped")?;
+            ended
+                .context("the router task failed")
+                .and_then(|r| r.context("the router stopped"))
+                .map_err(CliError::failed)
         }
-    }
-    Ok(())
+    };
+    background.stop().await;
+    result
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM; returns the signal's name.

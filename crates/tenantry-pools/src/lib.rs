@@ -1,0 +1,455 @@
+//! Tenant connection pools.
+//!
+//! * One deadpool pool per tenant, made on first use, sized by its plan, connecting as
+//!   the tenant's own role; recycled with `DISCARD`-like cleaning, so no session state
+//!   passes from one request to the next; statements prepared once per connection.
+//! * A **budget per server**: every connection of every tenant pool on a server holds a
+//!   permit of that server's semaphore. When the budget is spent, an idle connection of
+//!   the least recently used other pool on the server is closed to make room; if none
+//!   is idle, the request waits up to the wait deadline and then fails as
+//!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
+//! * Idle connections are closed after `idle_timeout`, idle pools dropped after
+//!   `pool_idle_timeout`: an idle tenant holds no connection.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::{ManagerConfig, RecyclingMethod};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+/// Timeouts and idle limits.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// How long a request waits for a connection before it is told to come back.
+    pub wait_timeout: Duration,
+    /// How long opening a connection to a tenant database may take.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Pools unused for this long are dropped.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Where and as whom a tenant's pool connects.
+#[derive(Clone)]
+pub struct Target {
+    pub tenant: Uuid,
+    /// The catalog generation the target was read at; a newer one replaces the pool.
+    pub generation: i64,
+    pub server: i64,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: SecretString,
+    pub max_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection within the wait deadline (the tenant's pool, or its server's budget, is full).
+    #[error("no connection became free within the wait deadline")]
+    Busy,
+    /// The tenant's database did not accept a connection.
+    #[error("the tenant database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("the server's connection budget is spent")]
+    Budget,
+    #[error(transparent)]
+    Pg(#[from] tokio_postgres::Error),
+}
+
+/// A server's share of connections.
+pub struct Budget {
+    semaphore: Arc<Semaphore>,
+    limit: AtomicUsize,
+    /// Permits to swallow as connections close, after the limit was lowered.
+    debt: AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit: AtomicUsize::new(limit),
+            debt: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    fn set_limit(&self, new: usize) {
+        let old = self.limit.swap(new, Ordering::SeqCst);
+        if new > old {
+            let mut grow = new - old;
+            // Pay back debt first.
+            while grow > 0 {
+                let debt = self.debt.load(Ordering::SeqCst);
+                if debt == 0 {
+                    break;
+                }
+                let pay = debt.min(grow);
+                if self
+                    .debt
+                    .compare_exchange(debt, debt - pay, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    grow -= pay;
+                }
+            }
+            self.semaphore.add_permits(grow);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.semaphore.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A budget permit held by one open connection.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.budget.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some(permit) = self.permit.take() {
+            let owed = self
+                .budget
+                .debt
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+                .is_ok();
+            if owed {
+                permit.forget();
+            }
+        }
+    }
+}
+
+/// One open connection: the client and the budget permit it holds.
+pub struct Conn {
+    client: deadpool_postgres::ClientWrapper,
+    _slot: Slot,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::ClientWrapper;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
+/// The pool manager: opens connections as the tenant, each holding a budget permit.
+pub struct Manager {
+    inner: deadpool_postgres::Manager,
+    budget: Arc<Budget>,
+    pools: Weak<Inner>,
+    tenant: Uuid,
+    server: i64,
+    wait: Duration,
+}
+
+impl managed::Manager for Manager {
+    type Type = Conn;
+    type Error = ConnError;
+
+    async fn create(&self) -> Result<Conn, ConnError> {
+        let permit = match self.budget.semaphore.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if let Some(pools) = self.pools.upgrade() {
+                    pools.evict_one_idle(self.server, self.tenant);
+                }
+                tokio::time::timeout(self.wait, self.budget.semaphore.clone().acquire_owned())
+                    .await
+                    .map_err(|_| ConnError::Budget)?
+                    .map_err(|_| ConnError::Budget)?
+            }
+        };
+        self.budget.open.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot {
+            permit: Some(permit),
+            budget: self.budget.clone(),
+        };
+        let client = managed::Manager::create(&self.inner).await?;
+        Ok(Conn {
+            client,
+            _slot: slot,
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Conn, metrics: &Metrics) -> RecycleResult<ConnError> {
+        managed::Manager::recycle(&self.inner, &mut conn.client, metrics)
+            .await
+            .map_err(|e| match e {
+                RecycleError::Message(m) => RecycleError::Message(m),
+                RecycleError::Backend(e) => RecycleError::Backend(ConnError::Pg(e)),
+            })
+    }
+
+    fn detach(&self, conn: &mut Conn) {
+        managed::Manager::detach(&self.inner, &mut conn.client);
+    }
+}
+
+type Pool = managed::Pool<Manager>;
+/// A pooled connection; returned to its pool when dropped.
+pub type Object = managed::Object<Manager>;
+
+struct Entry {
+    pool: Pool,
+    generation: i64,
+    server: i64,
+    last_used: Arc<AtomicU64>,
+}
+
+struct Inner {
+    config: PoolConfig,
+    started: Instant,
+    pools: DashMap<Uuid, Entry>,
+    budgets: DashMap<i64, Arc<Budget>>,
+    default_budget: usize,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Closes one idle connection of the least recently used other pool on `server`.
+    fn evict_one_idle(&self, server: i64, except: Uuid) {
+        let mut victim: Option<(u64, Pool)> = None;
+        for entry in self.pools.iter() {
+            if entry.server != server
+                || *entry.key() == except
+                || entry.pool.status().available == 0
+            {
+                continue;
+            }
+            let used = entry.last_used.load(Ordering::Relaxed);
+            if victim.as_ref().is_none_or(|(t, _)| used < *t) {
+                victim = Some((used, entry.pool.clone()));
+            }
+        }
+        if let Some((_, pool)) = victim {
+            let mut taken = false;
+            pool.retain(|_, _| {
+                if taken {
+                    true
+                } else {
+                    taken = true;
+                    false
+                }
+            });
+        }
+    }
+}
+
+/// Per-server usage, for metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUsage {
+    pub server: i64,
+    pub budget: usize,
+    pub open: usize,
+    pub pools: usize,
+}
+
+/// All tenant pools of this process.
+#[derive(Clone)]
+pub struct Pools {
+    inner: Arc<Inner>,
+}
+
+impl Pools {
+    /// `default_budget` applies to servers whose budget was never set.
+    pub fn new(config: PoolConfig, default_budget: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                started: Instant::now(),
+                pools: DashMap::new(),
+                budgets: DashMap::new(),
+                default_budget,
+            }),
+        }
+    }
+
+    /// Sets how many connections this process may hold to `server`, across all tenants.
+    pub fn set_budget(&self, server: i64, limit: usize) {
+        self.budget(server).set_limit(limit);
+    }
+
+    fn budget(&self, server: i64) -> Arc<Budget> {
+        self.inner
+            .budgets
+            .entry(server)
+            .or_insert_with(|| Arc::new(Budget::new(self.inner.default_budget)))
+            .clone()
+    }
+
+    /// A connection to the tenant's database, within the wait deadline.
+    pub async fn get(&self, target: &Target) -> Result<Object, PoolError> {
+        let pool = self.pool_for(target)?;
+        pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(ConnError::Pg(e)) => PoolError::Unavailable(describe(&e)),
+            managed::PoolError::Backend(ConnError::Budget)
+            | managed::PoolError::Timeout(_)
+            | managed::PoolError::Closed
+            | managed::PoolError::NoRuntimeSpecified
+            | managed::PoolError::PostCreateHook(_) => PoolError::Busy,
+        })
+    }
+
+    fn pool_for(&self, target: &Target) -> Result<Pool, PoolError> {
+        let now = self.inner.now_ms();
+        // Clone the pool out: no map guard is held across an await.
+        if let Some(entry) = self.inner.pools.get(&target.tenant) {
+            if entry.generation == target.generation {
+                entry.last_used.store(now, Ordering::Relaxed);
+                return Ok(entry.pool.clone());
+            }
+        }
+        let pool = self.build(target)?;
+        let old = self.inner.pools.insert(
+            target.tenant,
+            Entry {
+                pool: pool.clone(),
+                generation: target.generation,
+                server: target.server,
+                last_used: Arc::new(AtomicU64::new(now)),
+            },
+        );
+        if let Some(old) = old {
+            old.pool.close();
+        }
+        Ok(pool)
+    }
+
+    fn build(&self, target: &Target) -> Result<Pool, PoolError> {
+        let c = &self.inner.config;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&target.host)
+            .port(target.port)
+            .dbname(&target.database)
+            .user(&target.user)
+            .password(target.password.expose_secret())
+            .application_name("tenantry-router")
+            .connect_timeout(c.connect_timeout);
+        let manager = Manager {
+            inner: deadpool_postgres::Manager::from_config(
+                pg,
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Clean,
+                },
+            ),
+            budget: self.budget(target.server),
+            pools: Arc::downgrade(&self.inner),
+            tenant: target.tenant,
+            server: target.server,
+            wait: c.wait_timeout,
+        };
+        managed::Pool::builder(manager)
+            .max_size(target.max_size.max(1))
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(c.wait_timeout))
+            .create_timeout(Some(c.wait_timeout + c.connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .map_err(|e| PoolError::Unavailable(e.to_string()))
+    }
+
+    /// Drops a tenant's pool (suspended, deleted, moved): its connections close as they come back.
+    pub fn drop_tenant(&self, tenant: Uuid) {
+        if let Some((_, entry)) = self.inner.pools.remove(&tenant) {
+            entry.pool.close();
+        }
+    }
+
+    /// Closes idle connections and drops idle pools; run it every second or so.
+    pub fn reap(&self) {
+        let c = &self.inner.config;
+        let now = self.inner.now_ms();
+        let mut idle_pools = Vec::new();
+        for entry in self.inner.pools.iter() {
+            entry.pool.retain(|_, m| m.last_used() < c.idle_timeout);
+            let unused_ms = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
+            if entry.pool.status().size == 0 && unused_ms > c.pool_idle_timeout.as_millis() as u64 {
+                idle_pools.push(*entry.key());
+            }
+        }
+        for tenant in idle_pools {
+            self.inner
+                .pools
+                .remove_if(&tenant, |_, e| e.pool.status().size == 0);
+        }
+    }
+
+    /// Runs [`Pools::reap`] every `every` until the returned task is aborted.
+    pub fn spawn_reaper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(inner) => Pools { inner }.reap(),
+                    None => return,
+                }
+            }
+        })
+    }
+
+    /// Budget, open connections and pools, per server.
+    pub fn usage(&self) -> Vec<ServerUsage> {
+        let mut out: Vec<ServerUsage> = self
+            .inner
+            .budgets
+            .iter()
+            .map(|b| ServerUsage {
+                server: *b.key(),
+                budget: b.limit.load(Ordering::SeqCst),
+                open: b.open.load(Ordering::SeqCst),
+                pools: self
+                    .inner
+                    .pools
+                    .iter()
+                    .filter(|e| e.server == *b.key())
+                    .count(),
+            })
+            .collect();
+        out.sort_by_key(|u| u.server);
+        out
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

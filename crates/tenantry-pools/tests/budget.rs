@@ -1,0 +1,151 @@
+//! The per-server budget, eviction and reaping against a real server.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tenantry_pools::{PoolConfig, PoolError, Pools, Target};
+use tenantry_testkit::TestCluster;
+use uuid::Uuid;
+
+async fn tenants(pg: &TestCluster, n: usize) -> Vec<Target> {
+    let admin = pg.connect("postgres").await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        admin
+            .batch_execute(&format!("CREATE ROLE r{i} LOGIN PASSWORD 'pw{i}'"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE d{i} OWNER r{i}"))
+            .await
+            .unwrap();
+        out.push(Target {
+            tenant: Uuid::now_v7(),
+            generation: 1,
+            server: 1,
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            database: format!("d{i}"),
+            user: format!("r{i}"),
+            password: SecretString::from(format!("pw{i}")),
+            max_size: 2,
+        });
+    }
+    out
+}
+
+fn config() -> PoolConfig {
+    PoolConfig {
+        wait_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_millis(400),
+        pool_idle_timeout: Duration::from_millis(400),
+    }
+}
+
+async fn backends(pg: &TestCluster) -> i64 {
+    let admin = pg.connect("postgres").await;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry-router'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_budget_caps_connections_across_tenants_and_idle_ones_make_room() {
+    let pg = TestCluster::start();
+    let targets = tenants(&pg, 6).await;
+    let pools = Pools::new(config(), 3);
+
+    // Three tenants hold one connection each: the budget is spent.
+    let mut held = Vec::new();
+    for t in &targets[..3] {
+        held.push(pools.get(t).await.unwrap());
+    }
+    assert_eq!(backends(&pg).await, 3);
+    // A fourth waits for the deadline, then is told to come back: nothing idle to evict.
+    let started = std::time::Instant::now();
+    assert!(matches!(pools.get(&targets[3]).await, Err(PoolError::Busy)));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(backends(&pg).await, 3, "never above the budget");
+
+    // One is released: it stays open but idle, and the next tenant evicts it.
+    held.pop();
+    let c = pools.get(&targets[4]).await.unwrap();
+    c.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(pools.usage()[0].open, 3);
+    assert!(backends(&pg).await <= 3);
+    drop(c);
+    drop(held);
+
+    // Idle connections close, idle pools go.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pools.reap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pools.reap();
+    let usage = pools.usage();
+    assert_eq!((usage[0].open, usage[0].pools), (0, 0), "{usage:?}");
+    assert_eq!(backends(&pg).await, 0, "an idle tenant holds no connection");
+}
+
+#[tokio::test]
+async fn a_raised_or_lowered_budget_takes_effect() {
+    let pg = TestCluster::start();
+    let targets = tenants(&pg, 4).await;
+    let pools = Pools::new(config(), 1);
+    let a = pools.get(&targets[0]).await.unwrap();
+    assert!(matches!(pools.get(&targets[1]).await, Err(PoolError::Busy)));
+    pools.set_budget(1, 3);
+    let b = pools.get(&targets[1]).await.unwrap();
+    let c = pools.get(&targets[2]).await.unwrap();
+    // Lowered below what is open: nothing new until enough have closed.
+    pools.set_budget(1, 1);
+    drop((b, c));
+    pools.drop_tenant(targets[1].tenant);
+    pools.drop_tenant(targets[2].tenant);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(pools.get(&targets[3]).await, Err(PoolError::Busy)));
+    drop(a);
+    pools.drop_tenant(targets[0].tenant);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let d = pools.get(&targets[3]).await.unwrap();
+    d.query_one("SELECT 1", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn sessions_leave_no_state_and_a_dead_database_is_unavailable() {
+    let mut pg = TestCluster::start();
+    let targets = tenants(&pg, 1).await;
+    let pools = Pools::new(config(), 2);
+    let mut t = targets[0].clone();
+    t.max_size = 1;
+    {
+        let c = pools.get(&t).await.unwrap();
+        c.batch_execute("SET application_name = 'dirty'; CREATE TEMP TABLE scratch (x int)")
+            .await
+            .unwrap();
+    }
+    let c = pools.get(&t).await.unwrap();
+    let name: String = c
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "tenantry-router", "session settings were reset");
+    assert!(
+        c.query("SELECT * FROM scratch", &[]).await.is_err(),
+        "temp tables were discarded"
+    );
+    drop(c);
+
+    pg.stop_server();
+    pools.drop_tenant(t.tenant);
+    match pools.get(&t).await {
+        Err(PoolError::Unavailable(_)) | Err(PoolError::Busy) => {}
+        Ok(_) => panic!("a stopped server gave a connection"),
+    }
+}

@@ -1,0 +1,165 @@
+//! `/metrics` in the Prometheus text format: requests by route and status, latency,
+//! the tenant cache, pool budgets and open connections per server, tenants by state.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::AppState;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    cache: IntGaugeVec,
+    pools: IntGaugeVec,
+    tenants: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tenantry_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tenantry_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let cache = IntGaugeVec::new(
+            Opts::new(
+                "tenantry_tenant_cache_lookups_total",
+                "tenant route lookups by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let pools = IntGaugeVec::new(
+            Opts::new(
+                "tenantry_server_connections",
+                "per server: budget, open connections, tenant pools",
+            ),
+            &["server", "kind"],
+        )
+        .expect("valid metric");
+        let tenants = IntGaugeVec::new(
+            Opts::new("tenantry_tenants", "tenants by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(cache.clone()),
+            Box::new(pools.clone()),
+            Box::new(tenants.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            cache,
+            pools,
+            tenants,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts and times every request under its route pattern (never the raw path, which
+/// would make one series per task id).
+pub(crate) async fn record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let response = next.call(req).await?;
+    if let Some(state) = state {
+        let status = response.status().as_u16().to_string();
+        state
+            .metrics
+            .requests
+            .with_label_values(&[&route, &status])
+            .inc();
+        state
+            .metrics
+            .latency
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}
+
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    m.cache
+        .with_label_values(&["hit"])
+        .set(state.resolver.stats.hits.load(Ordering::Relaxed) as i64);
+    m.cache
+        .with_label_values(&["miss"])
+        .set(state.resolver.stats.misses.load(Ordering::Relaxed) as i64);
+    for u in state.pools.usage() {
+        let server = u.server.to_string();
+        m.pools
+            .with_label_values(&[&server, "budget"])
+            .set(u.budget as i64);
+        m.pools
+            .with_label_values(&[&server, "open"])
+            .set(u.open as i64);
+        m.pools
+            .with_label_values(&[&server, "pools"])
+            .set(u.pools as i64);
+    }
+    if let Ok(client) = state.catalog.client().await {
+        if let Ok(rows) = client
+            .query("SELECT state, count(*) FROM tenants GROUP BY state", &[])
+            .await
+        {
+            for r in rows {
+                m.tenants
+                    .with_label_values(&[&r.get::<_, String>(0)])
+                    .set(r.get::<_, i64>(1));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if TextEncoder::new()
+        .encode(&m.registry.gather(), &mut out)
+        .is_err()
+    {
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}

@@ -1,0 +1,250 @@
+//! Tenant slug → route (server, database, credentials, plan, state, generation), from the
+//! catalog, cached.
+//!
+//! * Concurrent first requests for one tenant load it once (a per-slug load lock).
+//! * The catalog's `tenantry_tenants` NOTIFY drops a changed tenant at once; a TTL is the
+//!   fallback; after the listener reconnects, everything is dropped (notifications may
+//!   have been missed).
+//! * A load that raced with an invalidation is served but not cached, so a stale value
+//!   is never written back.
+//! * Unknown tenants are remembered briefly (a negative cache).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use secrecy::SecretString;
+use tenantry_catalog::{Catalog, CatalogError, Sealed, Sealer};
+use tenantry_types::{Agent, Plan, TenantState};
+use uuid::Uuid;
+
+/// Where a tenant's requests go, and what its plan allows.
+#[derive(Clone)]
+pub struct Route {
+    pub tenant: Uuid,
+    pub slug: String,
+    pub state: TenantState,
+    pub generation: i64,
+    pub schema_version: i32,
+    pub server: i64,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub role: String,
+    pub password: SecretString,
+    pub plan: Plan,
+}
+
+struct Cached {
+    route: Option<Arc<Route>>,
+    at: Instant,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+pub struct Resolver {
+    catalog: Catalog,
+    sealer: Sealer,
+    ttl: Duration,
+    negative_ttl: Duration,
+    cache: DashMap<String, Cached>,
+    loading: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Grows with every invalidation; a load that saw it change is not cached.
+    epoch: AtomicU64,
+    pub stats: CacheStats,
+}
+
+impl Resolver {
+    pub fn new(catalog: Catalog, sealer: Sealer, ttl: Duration, negative_ttl: Duration) -> Self {
+        Self {
+            catalog,
+            sealer,
+            ttl,
+            negative_ttl,
+            cache: DashMap::new(),
+            loading: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The cached answer, if fresh. No map guard outlives this call.
+    pub fn cached(&self, slug: &str) -> Option<Option<Arc<Route>>> {
+        let entry = self.cache.get(slug)?;
+        let ttl = if entry.route.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        (entry.at.elapsed() < ttl).then(|| entry.route.clone())
+    }
+
+    /// The tenant's route; `None` when no live tenant has that slug.
+    pub async fn resolve(&self, slug: &str) -> Result<Option<Arc<Route>>, CatalogError> {
+        if let Some(hit) = self.cached(slug) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        let lock = self
+            .loading
+            .entry(slug.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _loading = lock.lock().await;
+        if let Some(hit) = self.cached(slug) {
+            // Another request loaded it while we waited.
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let route = self.load(slug).await?.map(Arc::new);
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            self.cache.insert(
+                slug.to_owned(),
+                Cached {
+                    route: route.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        self.loading
+            .remove_if(slug, |_, l| Arc::strong_count(l) <= 2);
+        Ok(route)
+    }
+
+    pub fn invalidate(&self, slug: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(slug);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+
+    async fn load(&self, slug: &str) -> Result<Option<Route>, CatalogError> {
+        let client = self.catalog.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
+                        t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
+                        p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
+                        p.pool_size
+                 FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
+                 WHERE t.slug = $1 AND t.state <> 'deleted'",
+            )
+            .await?;
+        let Some(r) = client.query_opt(&statement, &[&slug]).await? else {
+            return Ok(None);
+        };
+        let tenant: Uuid = r.get(0);
+        let state: TenantState = match r.get::<_, String>(2).parse() {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        let password = match r.get::<_, Option<Vec<u8>>>(7) {
+            Some(bytes) => {
+                let sealed = Sealed {
+                    bytes,
+                    key_version: r.get::<_, Option<i16>>(8).unwrap_or(0),
+                };
+                let plain = self.sealer.open(&sealed, &format!("tenant:{tenant}"))?;
+                SecretString::from(String::from_utf8_lossy(&plain).into_owned())
+            }
+            None => SecretString::from(String::new()),
+        };
+        Ok(Some(Route {
+            tenant,
+            slug: r.get(1),
+            state,
+            generation: r.get(3),
+            schema_version: r.get(4),
+            database: r.get(5),
+            role: r.get(6),
+            server: r.get(9),
+            host: r.get(10),
+            port: r.get::<_, i32>(11) as u16,
+            password,
+            plan: Plan {
+                name: r.get(12),
+                tasks_per_month: r.get::<_, Option<i32>>(13).map(|n| n as u32),
+                requests_per_minute: r.get::<_, i32>(14) as u32,
+                agents: r
+                    .get::<_, Vec<String>>(15)
+                    .iter()
+                    .filter_map(|a| a.parse::<Agent>().ok())
+                    .collect(),
+                api_access: r.get(16),
+                pool_size: r.get::<_, i32>(17) as u32,
+            },
+        }))
+    }
+
+    /// Listens for tenant changes on the catalog until the task is aborted: each
+    /// notification drops that slug; a lost connection is made again with backoff, and
+    /// everything cached is dropped then. (A changed tenant's pool is replaced when its
+    /// next request brings a route of a newer generation.)
+    pub fn spawn_listener(self: &Arc<Self>, url: SecretString) -> tokio::task::JoinHandle<()> {
+        let resolver = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match listen(&resolver, &url).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tenant change listener lost the catalog; reconnecting");
+                    }
+                }
+                resolver.invalidate_all();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+}
+
+async fn listen(resolver: &Resolver, url: &SecretString) -> Result<(), String> {
+    use secrecy::ExposeSecret;
+    let mut config: tokio_postgres::Config = url
+        .expose_secret()
+        .parse()
+        .map_err(|_| "bad catalog URL".to_owned())?;
+    config.application_name("tenantry-router-listen");
+    config.connect_timeout(Duration::from_secs(5));
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN tenantry_tenants")
+        .await
+        .map_err(|e| e.to_string())?;
+    // Anything may have changed while we were not listening.
+    resolver.invalidate_all();
+    while let Some(slug) = rx.recv().await {
+        resolver.invalidate(&slug);
+    }
+    driver.abort();
+    Err("the catalog connection closed".into())
+}

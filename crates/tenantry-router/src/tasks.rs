@@ -1,0 +1,412 @@
+//! The tenant API: tasks, usage, and the monthly quota.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tenantry_types::Agent;
+use uuid::Uuid;
+
+use crate::auth::TenantAuth;
+use crate::tenant::{db_error, TenantCtx};
+use crate::{ApiError, AppState, ErrorCode};
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tasks", web::post().to(create))
+        .route("/v1/tasks", web::get().to(list))
+        .route("/v1/tasks/{id}", web::get().to(get))
+        .route("/v1/tasks/{id}", web::patch().to(update))
+        .route("/v1/tasks/{id}", web::delete().to(delete))
+        .route("/v1/usage", web::get().to(usage));
+}
+
+const TASK_COLUMNS: &str =
+    "id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at";
+const STATUSES: &[&str] = &["queued", "running", "done", "failed"];
+
+#[derive(Debug, Serialize)]
+pub struct Task {
+    pub id: Uuid,
+    pub user_id: String,
+    pub agent: String,
+    pub title: String,
+    pub input: Option<Value>,
+    pub status: String,
+    pub output: Option<Value>,
+    pub cost_cents: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn task(r: &tokio_postgres::Row) -> Task {
+    Task {
+        id: r.get(0),
+        user_id: r.get(1),
+        agent: r.get(2),
+        title: r.get(3),
+        input: r.get(4),
+        status: r.get(5),
+        output: r.get(6),
+        cost_cents: r.get(7),
+        created_at: r.get(8),
+        updated_at: r.get(9),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::UnprocessableRequest, message)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    agent: String,
+    title: String,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    auth: TenantAuth,
+    req: HttpRequest,
+    body: web::Json<NewTask>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let ctx = TenantCtx::new(state, auth).await?;
+    let agent: Agent = body
+        .agent
+        .parse()
+        .map_err(|e: tenantry_types::UnknownState| invalid(e.to_string()))?;
+    if !ctx.route.plan.allows(agent) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the {} plan does not include the {} agent",
+                ctx.route.plan.name,
+                agent.as_str()
+            ),
+        ));
+    }
+    let title = body.title.trim();
+    if title.is_empty() || title.chars().count() > 500 {
+        return Err(invalid("title must be 1 to 500 characters"));
+    }
+    let key = match req.headers().get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| invalid("Idempotency-Key must be 1 to 200 visible characters"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let cost = agent.cost_cents() as i32;
+    let quota = ctx.route.plan.tasks_per_month;
+
+    let mut conn = ctx.conn().await?;
+    let tx = conn.transaction().await.map_err(db_error)?;
+    if quota.is_some() || key.is_some() {
+        // One creator at a time per tenant database: the quota count and the insert are
+        // one atomic step, and a retried key is seen by the retry.
+        tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
+            .await
+            .map_err(db_error)?;
+    }
+    if let Some(key) = &key {
+        let existing = tx
+            .query_opt(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1"),
+                &[key],
+            )
+            .await
+            .map_err(db_error)?;
+        if let Some(row) = existing {
+            return Ok(HttpResponse::Ok().json(task(&row)));
+        }
+    }
+    if let Some(limit) = quota {
+        let used: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM usage_logs
+                 WHERE action = 'task.create' AND created_at >= date_trunc('month', now())",
+                &[],
+            )
+            .await
+            .map_err(db_error)?
+            .get(0);
+        if used >= i64::from(limit) {
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the {} plan allows {limit} tasks a month, and they are used",
+                    ctx.route.plan.name
+                ),
+            ));
+        }
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO tasks (user_id, agent, title, input, cost_cents, idempotency_key)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TASK_COLUMNS}"
+            ),
+            &[&ctx.user, &agent.as_str(), &title, &body.input, &cost, &key],
+        )
+        .await
+        .map_err(db_error)?;
+    tx.execute(
+        "INSERT INTO usage_logs (user_id, action, cost) VALUES ($1, 'task.create', $2)",
+        &[&ctx.user, &cost],
+    )
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(HttpResponse::Created().json(task(&row)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Page {
+    items: Vec<Task>,
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(t: &Task) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}|{}",
+        t.created_at.timestamp_micros(),
+        t.id
+    ))
+}
+
+fn decode_cursor(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (micros, id) = raw.split_once('|')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    auth: TenantAuth,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = TenantCtx::new(state, auth).await?;
+    let q = query.into_inner();
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "status must be queued, running, done or failed",
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "limit must be 1 to 100",
+        ));
+    }
+    let after = match &q.cursor {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "cursor is not one this API gave out",
+            )
+        })?),
+        None => None,
+    };
+    let conn = ctx.conn().await?;
+    let statement = conn
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        ))
+        .await
+        .map_err(db_error)?;
+    let rows = conn
+        .query(
+            &statement,
+            &[
+                &q.status,
+                &after.map(|a| a.0),
+                &after.map(|a| a.1).unwrap_or_default(),
+                &(limit + 1),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut items: Vec<Task> = rows.iter().map(task).collect();
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+fn task_id(path: &str) -> Result<Uuid, ApiError> {
+    path.parse()
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no task with that id"))
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no task with that id")
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    auth: TenantAuth,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&path)?;
+    let ctx = TenantCtx::new(state, auth).await?;
+    let conn = ctx.conn().await?;
+    let statement = conn
+        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+        .await
+        .map_err(db_error)?;
+    let row = conn.query_opt(&statement, &[&id]).await.map_err(db_error)?;
+    row.map(|r| HttpResponse::Ok().json(task(&r)))
+        .ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskUpdate {
+    status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    output: Option<Option<Value>>,
+}
+
+/// Tells a field sent as `null` from a field not sent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+    Ok(Some(Option::<Value>::deserialize(d)?))
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    auth: TenantAuth,
+    path: web::Path<String>,
+    body: web::Json<TaskUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&path)?;
+    let body = body.into_inner();
+    if let Some(s) = &body.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(invalid("status must be queued, running, done or failed"));
+        }
+    }
+    let ctx = TenantCtx::new(state, auth).await?;
+    let conn = ctx.conn().await?;
+    let set_output = body.output.is_some();
+    let output = body.output.flatten();
+    let row = conn
+        .query_opt(
+            &format!(
+                "UPDATE tasks SET status = coalesce($2, status),
+                        output = CASE WHEN $3 THEN $4 ELSE output END,
+                        updated_at = now()
+                 WHERE id = $1 RETURNING {TASK_COLUMNS}"
+            ),
+            &[&id, &body.status, &set_output, &output],
+        )
+        .await
+        .map_err(db_error)?;
+    row.map(|r| HttpResponse::Ok().json(task(&r)))
+        .ok_or_else(not_found)
+}
+
+async fn delete(
+    state: web::Data<AppState>,
+    auth: TenantAuth,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&path)?;
+    let ctx = TenantCtx::new(state, auth).await?;
+    let conn = ctx.conn().await?;
+    let n = conn
+        .execute("DELETE FROM tasks WHERE id = $1", &[&id])
+        .await
+        .map_err(db_error)?;
+    if n == 0 {
+        return Err(not_found());
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize)]
+struct Usage {
+    plan: String,
+    period: String,
+    tasks_used: i64,
+    tasks_quota: Option<u32>,
+    cost_cents: i64,
+    rate_limit_per_minute: u32,
+}
+
+async fn usage(state: web::Data<AppState>, auth: TenantAuth) -> Result<HttpResponse, ApiError> {
+    let ctx = TenantCtx::new(state, auth).await?;
+    let conn = ctx.conn().await?;
+    let statement = conn
+        .prepare_cached(
+            "SELECT count(*) FILTER (WHERE action = 'task.create'), coalesce(sum(cost), 0)::bigint
+             FROM usage_logs WHERE created_at >= date_trunc('month', now())",
+        )
+        .await
+        .map_err(db_error)?;
+    let row = conn.query_one(&statement, &[]).await.map_err(db_error)?;
+    let now = Utc::now();
+    Ok(HttpResponse::Ok().json(Usage {
+        plan: ctx.route.plan.name.clone(),
+        period: format!("{:04}-{:02}", now.year(), now.month()),
+        tasks_used: row.get(0),
+        tasks_quota: ctx.route.plan.tasks_per_month,
+        cost_cents: row.get(1),
+        rate_limit_per_minute: ctx.route.plan.requests_per_minute,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let t = Task {
+            id: Uuid::now_v7(),
+            user_id: "u".into(),
+            agent: "codex".into(),
+            title: "t".into(),
+            input: None,
+            status: "queued".into(),
+            output: None,
+            cost_cents: 0,
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            updated_at: Utc::now(),
+        };
+        let c = encode_cursor(&t);
+        assert_eq!(decode_cursor(&c), Some((t.created_at, t.id)));
+        for bad in ["", "!!!", "bm90LWEtY3Vyc29y"] {
+            assert_eq!(decode_cursor(bad), None);
+        }
+    }
+}

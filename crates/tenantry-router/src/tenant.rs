@@ -1,0 +1,171 @@
+//! The tenant context of a request: its route (404, 423, 503 as the tenant's state says),
+//! its rate limit (429), and a connection from its pool (503 when none comes in time).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tenantry_pools::{Object, PoolError, Target};
+use tenantry_types::TenantState;
+use uuid::Uuid;
+
+use crate::auth::TenantAuth;
+use crate::resolve::Route;
+use crate::{ApiError, AppState, ErrorCode};
+
+/// Per-tenant request rates, one GCRA limiter per plan rate (keyed by tenant id). Memory
+/// stays bounded: `shrink` forgets tenants that have been quiet.
+#[derive(Default)]
+pub struct RateLimits {
+    by_rate: DashMap<u32, Arc<DefaultKeyedRateLimiter<Uuid>>>,
+}
+
+impl RateLimits {
+    /// `Err(seconds)` to wait when the tenant is over its rate.
+    pub fn check(&self, tenant: Uuid, per_minute: u32) -> Result<(), u64> {
+        let Some(rate) = std::num::NonZeroU32::new(per_minute) else {
+            return Ok(());
+        };
+        let limiter = self
+            .by_rate
+            .entry(per_minute)
+            .or_insert_with(|| Arc::new(RateLimiter::keyed(Quota::per_minute(rate))))
+            .clone();
+        limiter.check_key(&tenant).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    pub fn shrink(&self) {
+        for limiter in self.by_rate.iter() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// What a tenant handler works with.
+pub struct TenantCtx {
+    pub route: Arc<Route>,
+    pub user: String,
+    state: web::Data<AppState>,
+}
+
+impl TenantCtx {
+    /// Resolves the token's tenant and checks it may be served now.
+    pub async fn new(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
+        tracing::Span::current().record("tenant", auth.tenant.as_str());
+        let route = state
+            .resolver
+            .resolve(&auth.tenant)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "tenant lookup failed");
+                ApiError::new(
+                    ErrorCode::TenantUnavailable,
+                    "the tenant directory is unavailable; retry shortly",
+                )
+                .retry_after(1)
+            })?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::TenantNotFound,
+                    format!("tenant {:?} does not exist", auth.tenant),
+                )
+            })?;
+        match route.state {
+            TenantState::Ready => {}
+            TenantState::Suspended => {
+                return Err(ApiError::new(
+                    ErrorCode::TenantSuspended,
+                    "this tenant is suspended",
+                ));
+            }
+            TenantState::Requested | TenantState::Creating => {
+                return Err(ApiError::new(
+                    ErrorCode::TenantUnavailable,
+                    "this tenant is still being created",
+                )
+                .retry_after(2));
+            }
+            TenantState::Failed | TenantState::Deleting | TenantState::Deleted => {
+                return Err(ApiError::new(
+                    ErrorCode::TenantNotFound,
+                    format!("tenant {:?} does not exist", auth.tenant),
+                ));
+            }
+        }
+        if route.schema_version < state.min_schema_version {
+            return Err(ApiError::new(
+                ErrorCode::TenantUnavailable,
+                "this tenant's database is being migrated; retry shortly",
+            )
+            .retry_after(5));
+        }
+        if let Err(wait) = state
+            .limits
+            .check(route.tenant, route.plan.requests_per_minute)
+        {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests a minute for this tenant's plan; retry in {wait} s",
+                    route.plan.requests_per_minute
+                ),
+            )
+            .retry_after(wait.max(1)));
+        }
+        Ok(Self {
+            route,
+            user: auth.claims.sub,
+            state,
+        })
+    }
+
+    /// A connection to the tenant's own database, as the tenant's own role.
+    pub async fn conn(&self) -> Result<Object, ApiError> {
+        let r = &self.route;
+        let target = Target {
+            tenant: r.tenant,
+            generation: r.generation,
+            server: r.server,
+            host: r.host.clone(),
+            port: r.port,
+            database: r.database.clone(),
+            user: r.role.clone(),
+            password: r.password.clone(),
+            max_size: r.plan.pool_size as usize,
+        };
+        self.state.pools.get(&target).await.map_err(|e| {
+            let retry = match &e {
+                PoolError::Busy => 1,
+                PoolError::Unavailable(_) => 5,
+            };
+            tracing::warn!(error = %e, db = %r.database, "no connection for the tenant");
+            ApiError::new(
+                ErrorCode::TenantUnavailable,
+                "the tenant's database is unavailable or busy; retry shortly",
+            )
+            .retry_after(retry)
+        })
+    }
+}
+
+/// Database errors inside a tenant handler: the caller learns nothing of the driver.
+pub fn db_error(e: tokio_postgres::Error) -> ApiError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        tracing::warn!(error = %e, "tenant database connection failed");
+        return ApiError::new(
+            ErrorCode::TenantUnavailable,
+            "the tenant's database is unavailable; retry shortly",
+        )
+        .retry_after(1);
+    }
+    ApiError::internal(&e)
+}
+
+pub const SHRINK_EVERY: Duration = Duration::from_secs(60);
