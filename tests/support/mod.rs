@@ -225,3 +225,74 @@ impl Deployment {
         Ok(client)
     }
 }
+
+/// The test environment's settings (the secrets the binary uses under TENANTRY_ENV=test).
+pub fn test_settings() -> tenantry_config::Settings {
+    tenantry_config::load(&tenantry_config::LoadOptions {
+        env: Some("test".into()),
+        config_dir: Some("/nonexistent".into()),
+        extra_file: None,
+        vars: Some(Default::default()),
+    })
+    .unwrap()
+}
+
+/// A token for `tenant` signed with the test secret; `scope` e.g. `Some("admin")`.
+pub fn token(tenant: &str, scope: Option<&str>) -> String {
+    let s = test_settings();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    tenantry_router::auth::issue_hs256(
+        s.auth.hs256_secret.as_ref().unwrap(),
+        &tenantry_router::auth::Claims {
+            sub: "tester".into(),
+            tenant: Some(tenant.into()),
+            exp: now + 600,
+            iss: s.auth.issuer.clone(),
+            aud: s.auth.audience.clone(),
+            nbf: None,
+            iat: Some(now),
+            scope: scope.map(str::to_owned),
+        },
+    )
+    .unwrap()
+}
+
+/// A `tenantry serve` of a deployment, and its base URL.
+pub struct Router {
+    pub process: Running,
+    pub base: String,
+}
+
+impl Deployment {
+    /// Starts `tenantry serve` on a free port and waits until it is ready.
+    pub async fn serve(&self, vars: &[(&str, &str)]) -> Router {
+        let port = free_port();
+        let mut cmd = self.cmd(&["serve"]);
+        cmd.env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let process = Running::spawn(cmd);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+        Router { process, base }
+    }
+
+    /// A provisioner over this deployment's catalog, with the test master key.
+    pub async fn provisioner(&self) -> tenantry_provision::Provisioner {
+        let url = secrecy::SecretString::from(self.catalog_url.clone());
+        let catalog = tenantry_catalog::Catalog::new(&url, 8, Duration::from_secs(5)).unwrap();
+        let s = test_settings();
+        let mut opts = tenantry_provision::ProvisionOptions::from_settings(&s);
+        opts.templates_dir = templates_dir();
+        tenantry_provision::Provisioner::new(
+            catalog,
+            tenantry_catalog::Sealer::new(1, &s.master_key().unwrap().0),
+            opts,
+        )
+        .unwrap()
+    }
+}

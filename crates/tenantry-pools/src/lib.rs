@@ -121,18 +121,38 @@ struct Slot {
     budget: Arc<Budget>,
 }
 
+/// How long a closed connection keeps its permit: the server frees its slot when the
+/// backend has exited, a moment after the socket closes, and until then it still counts
+/// against the server's `max_connections`.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+impl Slot {
+    fn release(budget: &Budget, permit: OwnedSemaphorePermit) {
+        budget.open.fetch_sub(1, Ordering::SeqCst);
+        let owed = budget
+            .debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok();
+        if owed {
+            permit.forget();
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.budget.open.fetch_sub(1, Ordering::SeqCst);
-        if let Some(permit) = self.permit.take() {
-            let owed = self
-                .budget
-                .debt
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
-                .is_ok();
-            if owed {
-                permit.forget();
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let budget = self.budget.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                    Slot::release(&budget, permit);
+                });
             }
+            Err(_) => Slot::release(&budget, permit),
         }
     }
 }
@@ -171,16 +191,25 @@ impl managed::Manager for Manager {
     type Error = ConnError;
 
     async fn create(&self) -> Result<Conn, ConnError> {
-        let permit = match self.budget.semaphore.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if let Some(pools) = self.pools.upgrade() {
-                    pools.evict_one_idle(self.server, self.tenant);
-                }
-                tokio::time::timeout(self.wait, self.budget.semaphore.clone().acquire_owned())
-                    .await
-                    .map_err(|_| ConnError::Budget)?
-                    .map_err(|_| ConnError::Budget)?
+        // Take a free permit; else close an idle connection of another tenant on this
+        // server and wait a moment for a permit; again, until the deadline.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let permit = loop {
+            if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
+                break p;
+            }
+            if let Some(pools) = self.pools.upgrade() {
+                pools.evict_one_idle(self.server, self.tenant);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ConnError::Budget);
+            }
+            let pause = (deadline - now).min(Duration::from_millis(10));
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(pause, self.budget.semaphore.clone().acquire_owned()).await
+            {
+                break p;
             }
         };
         self.budget.open.fetch_add(1, Ordering::SeqCst);

@@ -15,6 +15,7 @@ pub enum ErrorCode {
     QuotaExceeded,
     RateLimited,
     PayloadTooLarge,
+    HeadersTooLarge,
     InvalidRequest,
     UnprocessableRequest,
     TenantUnavailable,
@@ -38,6 +39,7 @@ impl ErrorCode {
             Self::QuotaExceeded => "quota_exceeded",
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::InvalidRequest | Self::UnprocessableRequest => "invalid_request",
             Self::TenantUnavailable => "tenant_unavailable",
             Self::Unavailable => "unavailable",
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::TenantSuspended => StatusCode::LOCKED,
             Self::QuotaExceeded | Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::UnprocessableRequest => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TenantUnavailable | Self::NotReady | Self::Unavailable => {
@@ -202,6 +205,33 @@ fn first_line(s: &str) -> String {
         .chars()
         .take(200)
         .collect()
+}
+
+/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`], before any
+/// handler (or token check) sees them.
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+pub(crate) async fn limit_headers(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        let response = ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        )
+        .error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
 }
 
 #[cfg(test)]

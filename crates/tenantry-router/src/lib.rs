@@ -11,6 +11,7 @@ mod health;
 mod metrics;
 pub mod replicas;
 pub mod resolve;
+mod sql;
 mod tasks;
 mod tenant;
 
@@ -49,6 +50,7 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub provisioner: Provisioner,
     pub min_schema_version: i32,
+    pub sql: sql::SqlLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,10 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::new()),
             provisioner,
             min_schema_version: r.min_schema_version,
+            sql: sql::SqlLimits {
+                statement_timeout_ms: r.sql_statement_timeout_ms,
+                row_cap: r.sql_row_cap,
+            },
         };
         Ok((
             state,
@@ -191,11 +197,13 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .app_data(error::json_config(max_body))
             .app_data(error::query_config())
             .app_data(error::path_config())
+            .wrap(actix_web::middleware::from_fn(error::limit_headers))
             .wrap(actix_web::middleware::from_fn(metrics::record))
             .wrap(tracing_actix_web::TracingLogger::<Spans>::new())
             .configure(health::routes)
             .route("/metrics", web::get().to(metrics::metrics))
             .configure(tasks::routes)
+            .configure(sql::routes)
             .configure(admin::routes)
             .default_service(web::to(error::not_found))
     })

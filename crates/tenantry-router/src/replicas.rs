@@ -1,5 +1,10 @@
 //! Router replicas: each heartbeats into the catalog, and every server's connection
-//! budget (its `max_connections`) is split evenly among the live ones.
+//! budget (its `max_connections`) is split among the live ones.
+//!
+//! Each live replica takes `max_connections / (live + 1)`: one share is kept free for a
+//! replica that joins. A newcomer takes its share at once, while the others shrink only
+//! at their next heartbeat; with the spare share, n replicas plus one newcomer hold at
+//! most n/(n+1) + 1/(n+2) < 1 of the budget, so a join never pushes a server over it.
 
 use std::time::Duration;
 
@@ -53,13 +58,14 @@ pub async fn beat(
         .query_one("SELECT count(*) FROM router_replicas", &[])
         .await?
         .get(0);
-    let live = live.max(1) as usize;
+    // One share stays free for a replica that joins (see the module's notes).
+    let shares = live.max(1) as usize + 1;
     for row in client
         .query("SELECT id, max_connections FROM servers", &[])
         .await?
     {
         let max: i32 = row.get(1);
-        pools.set_budget(row.get(0), (max as usize / live).max(1));
+        pools.set_budget(row.get(0), (max as usize / shares).max(1));
     }
     Ok(())
 }

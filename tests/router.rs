@@ -1,0 +1,825 @@
+//! The router over real HTTP, as `tenantry serve` processes against real clusters.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{token, Deployment};
+use tenantry_provision::CreateTenant;
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+async fn create_tenant(d: &Deployment, slug: &str, plan: &str) {
+    let out = d.run(&["tenant", "create", slug, "--plan", plan]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tokens_inputs_and_errors_over_http() {
+    let d = Deployment::new().await;
+    create_tenant(&d, "acme", "pro").await;
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tasks", r.base);
+
+    // No token, garbage, a token for a tenant that does not exist.
+    for auth in [
+        None,
+        Some("Bearer nope".to_owned()),
+        Some("Basic dXNlcjpwdw==".to_owned()),
+    ] {
+        let mut req = http.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let ghost = http
+        .get(&url)
+        .header("authorization", bearer(&token("ghost", None)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ghost.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        ghost.json::<Value>().await.unwrap()["error"]["code"],
+        "tenant_not_found"
+    );
+    // The admin API wants scope admin.
+    let no_admin = http
+        .get(format!("{}/admin/v1/tenants", r.base))
+        .header("authorization", bearer(&token("acme", None)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_admin.status(), StatusCode::FORBIDDEN);
+
+    let t = bearer(&token("acme", None));
+    // Malformed JSON, missing fields, an unknown agent, an oversized body.
+    let cases: Vec<(String, &str, StatusCode)> = vec![
+        (
+            "{not json".into(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"agent": "claude"}).to_string(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"agent": "gpt", "title": "x"}).to_string(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"agent": "claude", "title": ""}).to_string(),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"agent": "claude", "title": "x", "input": "y".repeat(300_000)}).to_string(),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "agent=claude".into(),
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (body, ctype, status) in cases {
+        let resp = http
+            .post(&url)
+            .header("authorization", &t)
+            .header("content-type", ctype)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{}", &body[..body.len().min(60)]);
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert!(v["error"]["code"].is_string(), "{text}");
+        assert!(
+            !text.contains("serde") && !text.contains("tokio") && !text.contains("SQLSTATE"),
+            "{text}"
+        );
+    }
+    // Bad ids and cursors.
+    let bad_id = http
+        .get(format!("{url}/not-a-uuid"))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_id.status(), StatusCode::NOT_FOUND);
+    let bad_cursor = http
+        .get(format!("{url}?cursor=zzz"))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_cursor.status(), StatusCode::BAD_REQUEST);
+    let bad_limit = http
+        .get(format!("{url}?limit=1000"))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_limit.status(), StatusCode::BAD_REQUEST);
+    // Oversized headers are refused, not served.
+    let huge = http
+        .get(&url)
+        .header("authorization", &t)
+        .header("x-padding", "p".repeat(64 * 1024))
+        .send()
+        .await;
+    let huge = huge.unwrap();
+    assert_eq!(huge.status(), StatusCode::from_u16(431).unwrap());
+    assert_eq!(
+        huge.json::<Value>().await.unwrap()["error"]["code"],
+        "headers_too_large"
+    );
+    // Still healthy after all that.
+    assert_eq!(
+        http.get(&url)
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    // The whole task life, with cursor pagination.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let resp = http
+            .post(&url)
+            .header("authorization", &t)
+            .json(&json!({"agent": "codex", "title": format!("task {i}"), "input": {"n": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let task: Value = resp.json().await.unwrap();
+        assert_eq!(task["cost_cents"], 30);
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut u = format!("{url}?limit=2");
+        if let Some(c) = &cursor {
+            u.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http
+            .get(&u)
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    let patched: Value = http
+        .patch(format!("{url}/{}", ids[0]))
+        .header("authorization", &t)
+        .json(&json!({"status": "done", "output": {"ok": true}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            patched["status"].as_str(),
+            patched["output"]["ok"].as_bool()
+        ),
+        (Some("done"), Some(true))
+    );
+    let done: Value = http
+        .get(format!("{url}?status=done"))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        http.delete(format!("{url}/{}", ids[0]))
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        http.get(format!("{url}/{}", ids[0]))
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let usage: Value = http
+        .get(format!("{}/v1/usage", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["plan"], "pro");
+    assert_eq!(usage["tasks_used"], 5);
+    assert_eq!(usage["tasks_quota"], 100);
+    assert_eq!(usage["cost_cents"], 150);
+    assert_eq!(usage["rate_limit_per_minute"], 60);
+
+    // Idempotency-Key: a retry finds the task, and is not counted again.
+    for _ in 0..2 {
+        let resp = http
+            .post(&url)
+            .header("authorization", &t)
+            .header("idempotency-key", "retry-me")
+            .json(&json!({"agent": "codex", "title": "once"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+    let usage: Value = http
+        .get(format!("{}/v1/usage", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["tasks_used"], 6);
+
+    let metrics = http
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tenantry_http_requests_total{route=\"/v1/tasks/{id}\",status=\"404\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenantry_tenants{state=\"ready\"} 1"));
+}
+
+#[tokio::test]
+async fn plans_forbid_agents_and_the_quota_admits_exactly_its_count() {
+    let d = Deployment::new().await;
+    let config = d.home.path().join("burst.toml");
+    std::fs::write(
+        &config,
+        "[plans.burst]\ntasks_per_month = 10\nrequests_per_minute = 100000\nagents = [\"opencode\"]\napi_access = false\npool_size = 5\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let r = {
+        let port = support::free_port();
+        let mut cmd = d.cmd(&["--config", &config, "serve"]);
+        cmd.env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
+        let process = support::Running::spawn(cmd);
+        let base = format!("http://127.0.0.1:{port}");
+        support::wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+        support::Router { process, base }
+    };
+    create_tenant(&d, "bursty", "burst").await;
+    create_tenant(&d, "freebie", "free").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tasks", r.base);
+
+    let forbidden = http
+        .post(&url)
+        .header("authorization", bearer(&token("freebie", None)))
+        .json(&json!({"agent": "claude", "title": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+
+    let t = bearer(&token("bursty", None));
+    let attempts: Vec<_> = (0..50)
+        .map(|i| {
+            let (http, url, t) = (http.clone(), url.clone(), t.clone());
+            tokio::spawn(async move {
+                http.post(&url)
+                    .header("authorization", t)
+                    .json(&json!({"agent": "opencode", "title": format!("t{i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut refused = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(created, 10, "exactly the quota is admitted");
+    assert!(refused >= 1);
+    let usage: Value = http
+        .get(format!("{}/v1/usage", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["tasks_used"], 10);
+
+    // The free plan's 5 requests a minute: the sixth is rate limited, with Retry-After.
+    let f = bearer(&token("freebie", None));
+    let mut limited = None;
+    for _ in 0..8 {
+        let resp = http
+            .get(format!("{}/v1/usage", r.base))
+            .header("authorization", &f)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let limited = limited.expect("the free plan is rate limited");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(
+        limited.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_one_tenant_never_reaches_another() {
+    let d = Deployment::new().await;
+    create_tenant(&d, "alpha", "enterprise").await;
+    create_tenant(&d, "beta", "enterprise").await;
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let (a, b) = (bearer(&token("alpha", None)), bearer(&token("beta", None)));
+    let url = format!("{}/v1/tasks", r.base);
+    let task: Value = http
+        .post(&url)
+        .header("authorization", &a)
+        .json(&json!({"agent": "claude", "title": "alpha's secret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let listed: Value = http
+        .get(&url)
+        .header("authorization", &b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"], json!([]));
+    for req in [
+        http.get(format!("{url}/{id}")),
+        http.patch(format!("{url}/{id}"))
+            .json(&json!({"status": "done"})),
+        http.delete(format!("{url}/{id}")),
+    ] {
+        assert_eq!(
+            req.header("authorization", &b)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    // /v1/sql runs in the token's tenant's own database, as its own role.
+    let who: Value = http
+        .post(format!("{}/v1/sql", r.base))
+        .header("authorization", &b)
+        .json(&json!({"sql": "SELECT current_database() AS db, current_user AS who, (SELECT count(*) FROM tasks) AS n"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let beta = d.json(&["tenant", "show", "beta"], 0);
+    assert_eq!(who["rows"][0]["db"], beta["database"]);
+    assert_eq!(who["rows"][0]["n"], 0);
+    let alpha = d.json(&["tenant", "show", "alpha"], 0);
+    let sneak = http
+        .post(format!("{}/v1/sql", r.base))
+        .header("authorization", &b)
+        .json(&json!({"sql": format!("SELECT * FROM dblink('dbname={}', 'SELECT title FROM tasks') AS t(title text)", alpha["database"].as_str().unwrap())}))
+        .send()
+        .await
+        .unwrap();
+    assert!(sneak.status().is_client_error(), "{}", sneak.status());
+    // Still alpha's, untouched.
+    let mine: Value = http
+        .get(format!("{url}/{id}"))
+        .header("authorization", &a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
+    let d = Deployment::new().await;
+    create_tenant(&d, "sleepy", "pro").await;
+    let one = d.serve(&[]).await;
+    let two = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let t = bearer(&token("sleepy", None));
+    // Router two has the tenant cached.
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(format!("{}/v1/usage", two.base))
+                .header("authorization", &t)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let admin = bearer(&token("sleepy", Some("admin")));
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{}/admin/v1/tenants/sleepy/suspend", one.base))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    loop {
+        let status = http
+            .get(format!("{}/v1/usage", two.base))
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == StatusCode::LOCKED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "router two still served a suspended tenant"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = http
+        .post(format!("{}/admin/v1/tenants/sleepy/resume", one.base))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    support::wait_for_status(
+        &format!("{}/healthz", two.base),
+        200,
+        Duration::from_secs(2),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while http
+        .get(format!("{}/v1/usage", two.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(
+            Instant::now() < deadline,
+            "router two did not see the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The admin API creates (201, then 200 for the same slug) through the provisioner.
+    let body = json!({"slug": "via-api", "plan": "free"});
+    let created = http
+        .post(format!("{}/admin/v1/tenants", one.base))
+        .header("authorization", &admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let again = http
+        .post(format!("{}/admin/v1/tenants", one.base))
+        .header("authorization", &admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let conflict = http
+        .post(format!("{}/admin/v1/tenants", one.base))
+        .header("authorization", &admin)
+        .json(&json!({"slug": "via-api", "plan": "pro"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let bad = http
+        .post(format!("{}/admin/v1/tenants", one.base))
+        .header("authorization", &admin)
+        .json(&json!({"slug": "Bad!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let export = http
+        .get(format!("{}/admin/v1/tenants/via-api/export", one.base))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    assert!(export.bytes().await.unwrap().starts_with(b"PGDMP"));
+}
+
+#[tokio::test]
+async fn a_stopped_server_costs_only_its_own_tenants() {
+    let d = Deployment::new().await;
+    let mut second = tenantry_testkit::TestCluster::start();
+    let url = second.url("postgres");
+    assert!(d
+        .run(&["server", "add", "s2", "--url", &url])
+        .status
+        .success());
+    assert!(d
+        .run(&[
+            "tenant",
+            "create",
+            "steady",
+            "--server",
+            "s1",
+            "--plan",
+            "enterprise"
+        ])
+        .status
+        .success());
+    assert!(d
+        .run(&[
+            "tenant",
+            "create",
+            "shaky",
+            "--server",
+            "s2",
+            "--plan",
+            "enterprise"
+        ])
+        .status
+        .success());
+    let r = d
+        .serve(&[
+            ("TENANTRY__ROUTER__POOL_WAIT_MS", "500"),
+            ("TENANTRY__ROUTER__POOL_CONNECT_MS", "500"),
+        ])
+        .await;
+    let http = reqwest::Client::new();
+    let (steady, shaky) = (
+        bearer(&token("steady", Some("x"))),
+        bearer(&token("shaky", None)),
+    );
+    for t in [&steady, &shaky] {
+        assert_eq!(
+            http.get(format!("{}/v1/tasks", r.base))
+                .header("authorization", t)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    second.stop_server();
+    let started = Instant::now();
+    let resp = http
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", &shaky)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered within the wait deadline"
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "tenant_unavailable"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            http.get(format!("{}/v1/tasks", r.base))
+                .header("authorization", &steady)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    second.restart_server();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", &shaky)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tenant did not recover with its server"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(r);
+    d.pg.connect("postgres").await;
+}
+
+#[tokio::test]
+async fn many_tenants_under_load_never_exceed_the_connection_budget() {
+    let d = Deployment::new().await;
+    let catalog = d.catalog().await;
+    catalog
+        .execute("UPDATE servers SET max_connections = 24", &[])
+        .await
+        .unwrap();
+    let p = d.provisioner().await;
+    let tenants = 500;
+    let creators: Vec<_> = (0..4)
+        .map(|c| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                for i in (c..tenants).step_by(4) {
+                    p.create_tenant(CreateTenant {
+                        slug: format!("load-{i}"),
+                        plan: Some("enterprise".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in creators {
+        c.await.unwrap();
+    }
+    let fast = [
+        ("TENANTRY__ROUTER__IDLE_TIMEOUT_S", "1"),
+        ("TENANTRY__ROUTER__POOL_WAIT_MS", "3000"),
+    ];
+    let one = d.serve(&fast).await;
+    let two = d.serve(&fast).await;
+    let bases = [one.base.clone(), two.base.clone()];
+    let tokens: Vec<String> = (0..tenants)
+        .map(|i| bearer(&token(&format!("load-{i}"), None)))
+        .collect();
+
+    let sampler = {
+        let pg_url = d.pg.url("postgres");
+        tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut peak = 0i64;
+            let until = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < until {
+                let n: i64 = client
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry-router'", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                peak = peak.max(n);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            peak
+        })
+    };
+    let http = reqwest::Client::new();
+    let workers: Vec<_> = (0..32)
+        .map(|w| {
+            let (http, bases, tokens) = (http.clone(), bases.clone(), tokens.clone());
+            tokio::spawn(async move {
+                let mut ok = 0;
+                let until = Instant::now() + Duration::from_secs(6);
+                let mut i = w * 7;
+                while Instant::now() < until {
+                    let resp = http
+                        .get(format!("{}/v1/tasks?limit=1", bases[i % 2]))
+                        .header("authorization", &tokens[(i * 31) % tokens.len()])
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = resp.status();
+                    assert!(
+                        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                        "{status}"
+                    );
+                    ok += usize::from(status == StatusCode::OK);
+                    i += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for w in workers {
+        served += w.await.unwrap();
+    }
+    let peak = sampler.await.unwrap();
+    // Each router's share is a third of 24 (two live replicas and one spare share).
+    for base in &bases {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            m.contains("tenantry_server_connections{kind=\"budget\",server=\"1\"} 8"),
+            "{m}"
+        );
+    }
+    assert!(served > 50, "only {served} requests were served");
+    assert!(
+        peak <= 24,
+        "{peak} connections at the peak, over the budget of 24"
+    );
+    assert!(peak >= 4, "the load used the budget ({peak})");
+}
