@@ -1,8 +1,9 @@
 //! Tenant connection pools.
 //!
 //! * One deadpool pool per tenant, made on first use, sized by its plan, connecting as
-//!   the tenant's own role; recycled with `DISCARD`-like cleaning, so no session state
-//!   passes from one request to the next; statements prepared once per connection.
+//!   the tenant's own role; statements prepared once per connection. A connection that
+//!   may carry session state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD
+//!   TEMP`, …) before its next use, so no session state passes from one request to the next.
 //! * A **budget per server**: every connection of every tenant pool on a server holds a
 //!   permit of that server's semaphore. When the budget is spent, an idle connection of
 //!   the least recently used other pool on the server is closed to make room; if none
@@ -124,7 +125,7 @@ struct Slot {
 /// How long a closed connection keeps its permit: the server frees its slot when the
 /// backend has exited, a moment after the socket closes, and until then it still counts
 /// against the server's `max_connections`.
-const CLOSE_GRACE: Duration = Duration::from_millis(100);
+const CLOSE_GRACE: Duration = Duration::from_millis(25);
 
 impl Slot {
     fn release(budget: &Budget, permit: OwnedSemaphorePermit) {
@@ -161,7 +162,22 @@ impl Drop for Slot {
 pub struct Conn {
     client: deadpool_postgres::ClientWrapper,
     _slot: Slot,
+    dirty: bool,
 }
+
+impl Conn {
+    /// Says the session may carry state of its own (settings, temporary tables, …):
+    /// it is cleaned before anyone uses it again. Plain queries and transactions leave
+    /// nothing behind and need no cleaning, which costs a round trip.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+}
+
+/// What cleaning runs: everything a session can keep, short of the prepared
+/// statements Tenantry itself caches.
+const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
 
 impl std::ops::Deref for Conn {
     type Target = deadpool_postgres::ClientWrapper;
@@ -221,10 +237,18 @@ impl managed::Manager for Manager {
         Ok(Conn {
             client,
             _slot: slot,
+            dirty: false,
         })
     }
 
     async fn recycle(&self, conn: &mut Conn, metrics: &Metrics) -> RecycleResult<ConnError> {
+        if conn.dirty {
+            conn.client
+                .simple_query(CLEAN_SQL)
+                .await
+                .map_err(|e| RecycleError::Backend(ConnError::Pg(e)))?;
+            conn.dirty = false;
+        }
         managed::Manager::recycle(&self.inner, &mut conn.client, metrics)
             .await
             .map_err(|e| match e {
@@ -247,6 +271,8 @@ struct Entry {
     generation: i64,
     server: i64,
     last_used: Arc<AtomicU64>,
+    /// The plan's pool size: the most this pool may grow to.
+    plan_size: usize,
 }
 
 struct Inner {
@@ -262,19 +288,25 @@ impl Inner {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Closes one idle connection of the least recently used other pool on `server`.
+    /// Used in the last two seconds: counted when the budget is shared out.
+    fn is_active(&self, entry: &Entry, now: u64) -> bool {
+        now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < 2_000
+    }
+
+    /// Closes one idle connection of another pool on `server`: from a pool with more
+    /// than one idle connection if there is one (every tenant keeps a warm connection
+    /// as long as the budget allows), else from the least recently used pool.
     fn evict_one_idle(&self, server: i64, except: Uuid) {
-        let mut victim: Option<(u64, Pool)> = None;
+        let mut victim: Option<((bool, u64), Pool)> = None;
         for entry in self.pools.iter() {
-            if entry.server != server
-                || *entry.key() == except
-                || entry.pool.status().available == 0
-            {
+            let idle = entry.pool.status().available;
+            if entry.server != server || *entry.key() == except || idle == 0 {
                 continue;
             }
-            let used = entry.last_used.load(Ordering::Relaxed);
-            if victim.as_ref().is_none_or(|(t, _)| used < *t) {
-                victim = Some((used, entry.pool.clone()));
+            // Lower ranks first: spare idle connections before last ones, older before newer.
+            let rank = (idle < 2, entry.last_used.load(Ordering::Relaxed));
+            if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
+                victim = Some((rank, entry.pool.clone()));
             }
         }
         if let Some((_, pool)) = victim {
@@ -363,6 +395,7 @@ impl Pools {
                 generation: target.generation,
                 server: target.server,
                 last_used: Arc::new(AtomicU64::new(now)),
+                plan_size: target.max_size.max(1),
             },
         );
         if let Some(old) = old {
@@ -386,7 +419,7 @@ impl Pools {
                 pg,
                 tokio_postgres::NoTls,
                 ManagerConfig {
-                    recycling_method: RecyclingMethod::Clean,
+                    recycling_method: RecyclingMethod::Fast,
                 },
             ),
             budget: self.budget(target.server),
@@ -396,7 +429,7 @@ impl Pools {
             wait: c.wait_timeout,
         };
         managed::Pool::builder(manager)
-            .max_size(target.max_size.max(1))
+            .max_size(self.fair_size(target.server, target.max_size.max(1)))
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(c.wait_timeout))
             .create_timeout(Some(c.wait_timeout + c.connect_timeout))
@@ -417,8 +450,23 @@ impl Pools {
         let c = &self.inner.config;
         let now = self.inner.now_ms();
         let mut idle_pools = Vec::new();
+        // Counted first: no second pass over the map while iterating it.
+        let mut per_server: std::collections::HashMap<i64, usize> =
+            std::collections::HashMap::new();
+        for entry in self.inner.pools.iter() {
+            if self.inner.is_active(&entry, now) {
+                *per_server.entry(entry.server).or_default() += 1;
+            }
+        }
         for entry in self.inner.pools.iter() {
             entry.pool.retain(|_, m| m.last_used() < c.idle_timeout);
+            // Keep every pool to its fair share of its server's budget.
+            let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
+            let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
+            let fair = entry.plan_size.min(budget / pools).max(1);
+            if entry.pool.status().max_size != fair {
+                entry.pool.resize(fair);
+            }
             let unused_ms = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
             if entry.pool.status().size == 0 && unused_ms > c.pool_idle_timeout.as_millis() as u64 {
                 idle_pools.push(*entry.key());
@@ -429,6 +477,23 @@ impl Pools {
                 .pools
                 .remove_if(&tenant, |_, e| e.pool.status().size == 0);
         }
+    }
+
+    /// A pool's size: its plan's, but no more than an even share of its server's
+    /// budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
+    /// tenant waits for its own connections instead of taking other tenants' (which
+    /// would make every request open a connection).
+    fn fair_size(&self, server: i64, plan_size: usize) -> usize {
+        let budget = self.budget(server).limit.load(Ordering::SeqCst);
+        let now = self.inner.now_ms();
+        let pools = self
+            .inner
+            .pools
+            .iter()
+            .filter(|e| e.server == server && self.inner.is_active(e, now))
+            .count()
+            .max(1);
+        plan_size.min(budget / pools).max(1)
     }
 
     /// Runs [`Pools::reap`] every `every` until the returned task is aborted.

@@ -124,7 +124,8 @@ async fn sessions_leave_no_state_and_a_dead_database_is_unavailable() {
     let mut t = targets[0].clone();
     t.max_size = 1;
     {
-        let c = pools.get(&t).await.unwrap();
+        let mut c = pools.get(&t).await.unwrap();
+        c.mark_dirty();
         c.batch_execute("SET application_name = 'dirty'; CREATE TEMP TABLE scratch (x int)")
             .await
             .unwrap();

@@ -78,6 +78,8 @@ async fn run(
         ));
     }
     let mut conn = ctx.conn().await?;
+    // Arbitrary SQL may leave session state (SET, temporary tables, cursors…).
+    conn.mark_dirty();
     let tx = conn.transaction().await.map_err(db_error)?;
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = {}",
