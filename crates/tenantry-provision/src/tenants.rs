@@ -11,6 +11,8 @@ use tenantry_catalog::Sealed;
 use tenantry_types::{sql_literal, Ident, Slug, TenantId, TenantState};
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::fault;
 use crate::ledger;
 use crate::server::{ServerRow, TenantLock};
@@ -569,12 +571,20 @@ impl Provisioner {
             json!({"slug": tenant.info.slug}),
         )
         .await?;
+        let span = tracing::info_span!(
+            "provision",
+            tenant = %tenant.info.slug,
+            db = %tenant.database.as_str(),
+            op = kind,
+            step = name
+        );
         let result: Result<T, ProvisionError> = async {
             fault::point(&format!("{kind}.{name}.before"))?;
             let value = act.await?;
             fault::point(&format!("{kind}.{name}.after"))?;
             Ok(value)
         }
+        .instrument(span)
         .await;
         match &result {
             Ok(_) => entry.done(&self.catalog).await?,
@@ -821,11 +831,19 @@ impl Provisioner {
             json!({"slug": tenant.info.slug}),
         )
         .await?;
+        let span = tracing::info_span!(
+            "provision",
+            tenant = %tenant.info.slug,
+            db = %tenant.database.as_str(),
+            op = kind,
+            step = name
+        );
         let result: Result<(), ProvisionError> = async {
             fault::point(&format!("{kind}.{name}.before"))?;
             act(server, tenant.clone()).await?;
             fault::point(&format!("{kind}.{name}.after"))
         }
+        .instrument(span)
         .await;
         match &result {
             Ok(()) => entry.done(&self.catalog).await?,
