@@ -288,6 +288,43 @@ async fn tokens_inputs_and_errors_over_http() {
         .unwrap();
     assert_eq!(usage["tasks_used"], 6);
 
+    // The OpenAPI document covers every route the router serves.
+    let doc: Value = http
+        .get(format!("{}/openapi.json", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/admin/v1/migrations",
+            "/admin/v1/servers",
+            "/admin/v1/tenants",
+            "/admin/v1/tenants/{slug}",
+            "/admin/v1/tenants/{slug}/export",
+            "/admin/v1/tenants/{slug}/resume",
+            "/admin/v1/tenants/{slug}/suspend",
+            "/healthz",
+            "/readyz",
+            "/v1/sql",
+            "/v1/tasks",
+            "/v1/tasks/{id}",
+            "/v1/usage",
+        ]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["Task"].is_object());
+
     let metrics = http
         .get(format!("{}/metrics", r.base))
         .send()
@@ -470,6 +507,42 @@ async fn a_token_for_one_tenant_never_reaches_another() {
         .await
         .unwrap();
     assert!(sneak.status().is_client_error(), "{}", sneak.status());
+    // Session state set through /v1/sql does not follow the connection to the next request.
+    let set = http
+        .post(format!("{}/v1/sql", r.base))
+        .header("authorization", &b)
+        .json(&json!({"sql": "SET search_path = nowhere"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    for _ in 0..5 {
+        let listed = http
+            .get(&url)
+            .header("authorization", &b)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.status(),
+            StatusCode::OK,
+            "search_path leaked into a later request"
+        );
+    }
+    let params: Value = http
+        .post(format!("{}/v1/sql", r.base))
+        .header("authorization", &b)
+        .json(&json!({"sql": "SELECT $1::int + 1 AS n, $2::text AS t, $3::jsonb AS j", "params": [41, "x", {"k": [1]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        params["rows"][0],
+        json!({"n": 42, "t": "x", "j": {"k": [1]}})
+    );
     // Still alpha's, untouched.
     let mine: Value = http
         .get(format!("{url}/{id}"))

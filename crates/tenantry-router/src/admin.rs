@@ -48,15 +48,19 @@ fn api(e: ProvisionError) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTenant {
+pub(crate) struct NewTenant {
     slug: String,
     plan: Option<String>,
     template: Option<String>,
     server: Option<String>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", request_body = NewTenant,
+    responses((status = 201, description = "created", body = Object), (status = 200, description = "existing, same options", body = Object),
+    (status = 409, body = crate::openapi::ErrorResponse), (status = 422, body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
 async fn create_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -85,6 +89,8 @@ struct ListQuery {
     state: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", params(("state" = Option<String>, Query)),
+    responses((status = 200, body = Vec<Object>), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn list_tenants(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -100,6 +106,8 @@ async fn list_tenants(
     Ok(HttpResponse::Ok().json(tenants))
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn show_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -115,6 +123,8 @@ struct DeleteQuery {
     purge: bool,
 }
 
+#[utoipa::path(delete, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path), ("purge" = Option<bool>, Query)),
+    responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn delete_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -129,6 +139,8 @@ async fn delete_tenant(
     Ok(HttpResponse::Ok().json(t))
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/suspend", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn suspend_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -139,6 +151,8 @@ async fn suspend_tenant(
     Ok(HttpResponse::Ok().json(t))
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/resume", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn resume_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -150,6 +164,8 @@ async fn resume_tenant(
 }
 
 /// The archive, streamed from a temporary file that is removed afterwards.
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/export", tag = "admin", params(("slug" = String, Path)),
+    responses((status = 200, description = "a pg_dump custom-format archive", content_type = "application/octet-stream"), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn export_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -185,19 +201,22 @@ async fn export_tenant(
         .body(actix_web::body::SizedStream::new(size, stream)))
 }
 
+#[utoipa::path(get, path = "/admin/v1/servers", tag = "admin", responses((status = 200, body = Vec<Object>), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn list_servers(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.provisioner.list_servers().await.map_err(api)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewServer {
+pub(crate) struct NewServer {
     name: String,
     url: String,
     capacity: Option<u32>,
     max_connections: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/servers", tag = "admin", request_body = NewServer,
+    responses((status = 201, body = Object), (status = 409, body = crate::openapi::ErrorResponse), (status = 422, body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn add_server(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -218,6 +237,7 @@ async fn add_server(
 }
 
 /// Fleet schema status: every live tenant's template and schema version.
+#[utoipa::path(get, path = "/admin/v1/migrations", tag = "admin", responses((status = 200, body = Object), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn migrations(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse, ApiError> {
     let tenants = state.provisioner.list_tenants(None).await.map_err(api)?;
     let items: Vec<serde_json::Value> = tenants

@@ -14,11 +14,13 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process answers", body = Object)))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// Readiness: the catalog answers and is migrated to this build's version.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "the catalog answers and is migrated", body = Object), (status = 503, body = crate::openapi::ErrorResponse)))]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let not_ready = |message: &str| ApiError::new(ErrorCode::NotReady, message).retry_after(1);
     match tokio::time::timeout(READY_TIMEOUT, state.catalog.check_ready()).await {

@@ -9,6 +9,7 @@ pub mod auth;
 mod error;
 mod health;
 mod metrics;
+pub mod openapi;
 pub mod replicas;
 pub mod resolve;
 mod sql;
@@ -202,6 +203,7 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .wrap(tracing_actix_web::TracingLogger::<Spans>::new())
             .configure(health::routes)
             .route("/metrics", web::get().to(metrics::metrics))
+            .route("/openapi.json", web::get().to(openapi::openapi))
             .configure(tasks::routes)
             .configure(sql::routes)
             .configure(admin::routes)

@@ -27,11 +27,12 @@ pub struct SqlLimits {
     pub row_cap: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Request {
+pub(crate) struct Request {
     sql: String,
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     params: Vec<Value>,
 }
 
@@ -54,6 +55,16 @@ fn statement_error(e: tokio_postgres::Error) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/v1/sql", tag = "sql", request_body = Request,
+    responses((status = 200, description = "columns, rows (JSON values), row_count, truncated", body = Object),
+    (status = 403, description = "the plan has no SQL API", body = crate::openapi::ErrorResponse),
+    (status = 422, description = "the statement failed", body = crate::openapi::ErrorResponse),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
 async fn run(
     state: web::Data<AppState>,
     auth: TenantAuth,

@@ -25,14 +25,16 @@ const TASK_COLUMNS: &str =
     "id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at";
 const STATUSES: &[&str] = &["queued", "running", "done", "failed"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub user_id: String,
     pub agent: String,
     pub title: String,
+    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
     pub status: String,
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub cost_cents: i32,
     pub created_at: DateTime<Utc>,
@@ -58,15 +60,27 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::UnprocessableRequest, message)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     agent: String,
     title: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input: Option<Value>,
 }
 
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = NewTask,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the same task")),
+    responses((status = 201, body = Task), (status = 200, description = "an earlier task with this Idempotency-Key", body = Task),
+    (status = 403, description = "the plan lacks the agent", body = crate::openapi::ErrorResponse),
+    (status = 422, description = "invalid fields", body = crate::openapi::ErrorResponse),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
 async fn create(
     state: web::Data<AppState>,
     auth: TenantAuth,
@@ -174,8 +188,8 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Page {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Page {
     items: Vec<Task>,
     next_cursor: Option<String>,
 }
@@ -200,6 +214,15 @@ fn decode_cursor(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+    params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Page), (status = 400, body = crate::openapi::ErrorResponse),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
 async fn list(
     state: web::Data<AppState>,
     auth: TenantAuth,
@@ -272,6 +295,13 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no task with that id")
 }
 
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Task),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn get(
     state: web::Data<AppState>,
     auth: TenantAuth,
@@ -289,11 +319,12 @@ async fn get(
         .ok_or_else(not_found)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TaskUpdate {
+pub(crate) struct TaskUpdate {
     status: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     output: Option<Option<Value>>,
 }
 
@@ -302,6 +333,13 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value
     Ok(Some(Option::<Value>::deserialize(d)?))
 }
 
+#[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskUpdate,
+    responses((status = 200, body = Task), (status = 422, body = crate::openapi::ErrorResponse),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn update(
     state: web::Data<AppState>,
     auth: TenantAuth,
@@ -335,6 +373,13 @@ async fn update(
         .ok_or_else(not_found)
 }
 
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "deleted"),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn delete(
     state: web::Data<AppState>,
     auth: TenantAuth,
@@ -353,8 +398,8 @@ async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Usage {
     plan: String,
     period: String,
     tasks_used: i64,
@@ -363,6 +408,12 @@ struct Usage {
     rate_limit_per_minute: u32,
 }
 
+#[utoipa::path(get, path = "/v1/usage", tag = "tasks", responses((status = 200, body = Usage),
+    (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
+    (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
+    (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
+    (status = 503, description = "tenant database unavailable or busy", body = crate::openapi::ErrorResponse),
+    (status = 401, description = "missing or invalid token", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn usage(state: web::Data<AppState>, auth: TenantAuth) -> Result<HttpResponse, ApiError> {
     let ctx = TenantCtx::new(state, auth).await?;
     let conn = ctx.conn().await?;
