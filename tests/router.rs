@@ -632,6 +632,54 @@ async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // The listeners lose their catalog connection: they LISTEN again, and a later
+    // suspend still reaches router two quickly.
+    let catalog = d.catalog().await;
+    let killed: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'tenantry-router-listen') k",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 2, "one listener per router");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let back: i64 = catalog
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry-router-listen'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if back == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listeners did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(d.run(&["tenant", "suspend", "sleepy"]).status.success());
+    let started = Instant::now();
+    while http
+        .get(format!("{}/v1/usage", two.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != StatusCode::LOCKED
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a suspend after the reconnect was missed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // The admin API creates (201, then 200 for the same slug) through the provisioner.
     let body = json!({"slug": "via-api", "plan": "free"});
     let created = http
@@ -895,4 +943,34 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
         "{peak} connections at the peak, over the budget of 24"
     );
     assert!(peak >= 4, "the load used the budget ({peak})");
+}
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let d = Deployment::new().await;
+    create_tenant(&d, "patient", "enterprise").await;
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let t = bearer(&token("patient", None));
+    let slow = {
+        let (http, url, t) = (http.clone(), format!("{}/v1/sql", r.base), t.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .header("authorization", t)
+                .json(&json!({"sql": "SELECT pg_sleep(1.5) IS NULL AS slept"}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    r.process.signal("TERM");
+    let resp = slow
+        .await
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["rows"][0]["slept"], false);
+    let (status, _, stderr) = r.process.wait(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
 }

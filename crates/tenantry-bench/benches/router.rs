@@ -348,6 +348,8 @@ async fn run() -> Report {
         cold.push(t.elapsed());
     }
     let cold = Summary::new("cold tenant: first request", &cold, Duration::ZERO);
+    // Let those pools go quiet, so the next scenario's pool gets the budget's full share.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
 
     let (one, one_failed, one_peak) = load(
         "tenantry: 1 tenant".into(),
