@@ -10,7 +10,7 @@ mod crypto;
 mod migrate;
 
 pub use crypto::{SealError, Sealed, Sealer};
-pub use migrate::{latest_version, migrate, MigrateReport};
+pub use migrate::{describe_pg_error, latest_version, migrate, MigrateReport};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -41,7 +41,7 @@ impl From<deadpool_postgres::PoolError> for CatalogError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => {
-                Self::Unreachable(migrate::describe_connect_error(&e))
+                Self::Unreachable(migrate::describe_pg_error(&e))
             }
             other => Self::Unreachable(other.to_string()),
         }

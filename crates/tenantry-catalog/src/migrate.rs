@@ -75,7 +75,7 @@ pub(crate) async fn connect_once(
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| CatalogError::Unreachable(describe_connect_error(&e)))?;
+        .map_err(|e| CatalogError::Unreachable(describe_pg_error(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "catalog connection closed");
@@ -84,10 +84,15 @@ pub(crate) async fn connect_once(
     Ok(client)
 }
 
-/// A connection error in words an operator can act on (the driver's Display is terse).
-pub(crate) fn describe_connect_error(e: &tokio_postgres::Error) -> String {
+/// A driver error in words an operator can act on (the driver's Display says only
+/// "db error"): the server's message and detail, or the chain of causes. For logs and
+/// the command line; the HTTP edge never shows it.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return db.message().to_owned();
+        return match db.detail() {
+            Some(detail) => format!("{} ({})", db.message(), detail.replace('\n', "; ")),
+            None => db.message().to_owned(),
+        };
     }
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);

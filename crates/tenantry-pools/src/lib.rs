@@ -369,7 +369,9 @@ impl Pools {
     pub async fn get(&self, target: &Target) -> Result<Object, PoolError> {
         let pool = self.pool_for(target)?;
         pool.get().await.map_err(|e| match e {
-            managed::PoolError::Backend(ConnError::Pg(e)) => PoolError::Unavailable(describe(&e)),
+            managed::PoolError::Backend(ConnError::Pg(e)) => {
+                PoolError::Unavailable(tenantry_catalog::describe_pg_error(&e))
+            }
             managed::PoolError::Backend(ConnError::Budget)
             | managed::PoolError::Timeout(_)
             | managed::PoolError::Closed
@@ -532,18 +534,4 @@ impl Pools {
         out.sort_by_key(|u| u.server);
         out
     }
-}
-
-fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return db.message().to_owned();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -75,20 +75,4 @@ impl ProvisionError {
     }
 }
 
-/// A driver error in words (its Display alone says only "db error").
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return match db.detail() {
-            Some(detail) => format!("{} ({})", db.message(), detail.replace('\n', "; ")),
-            None => db.message().to_owned(),
-        };
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use tenantry_catalog::describe_pg_error as describe;
