@@ -210,6 +210,9 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .default_service(web::to(error::not_found))
     })
     .disable_signals()
+    // Longer than the idle timeouts of common load balancers (60 s), so the router is not
+    // the side that closes a kept-alive connection as a request arrives on it.
+    .keep_alive(Duration::from_secs(75))
     .shutdown_timeout(opts.shutdown_timeout.as_secs())
     .max_connection_rate(256);
     if let Some(workers) = opts.workers {
