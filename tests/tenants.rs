@@ -194,3 +194,59 @@ async fn bad_input_exits_2_and_failures_exit_1() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn migrate_plan_and_status_show_what_the_fleet_lacks() {
+    let d = Deployment::new().await;
+    d.json(&["tenant", "create", "early"], 0);
+    d.json(&["tenant", "create", "later"], 0);
+    let plan = d.json(&["migrate", "plan"], 0);
+    assert_eq!(plan, serde_json::json!({"pending": []}));
+    let status = d.json(&["migrate", "status"], 0);
+    assert_eq!(status["latest"], serde_json::json!({"tasks": 1}));
+    assert!(status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "up_to_date"));
+
+    // A release adds a migration file: no rebuild, just --templates.
+    let templates = d.home.path().join("templates");
+    std::fs::create_dir_all(templates.join("tasks")).unwrap();
+    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            templates.join("tasks").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        templates.join("tasks/V2__task_tags.sql"),
+        "ALTER TABLE tasks ADD COLUMN tags text[] NOT NULL DEFAULT '{}';",
+    )
+    .unwrap();
+    let dir = templates.to_str().unwrap();
+    let plan = d.json(&["--templates", dir, "migrate", "plan"], 0);
+    let pending = plan["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(
+        pending[0],
+        serde_json::json!({"slug": "early", "from_version": 1, "to_version": 2, "migrations": ["V2__task_tags"]})
+    );
+    let status = d.json(&["--templates", dir, "migrate", "status"], 0);
+    assert_eq!(status["latest"], serde_json::json!({"tasks": 2}));
+    for t in status["tenants"].as_array().unwrap() {
+        assert_eq!(t["status"], "behind");
+        assert_eq!(t["schema_version"], 1);
+        for key in ["slug", "template", "schema_version", "status", "error"] {
+            assert!(t.get(key).is_some(), "{key} missing: {t}");
+        }
+    }
+    let table = d.run(&["--templates", dir, "migrate", "plan"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("1 → 2"));
+    // A broken templates folder is bad input.
+    let out = d.run(&["--templates", "/nonexistent", "migrate", "plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("template \"tasks\" not found"));
+}

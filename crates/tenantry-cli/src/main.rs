@@ -57,6 +57,9 @@ enum Command {
     Tenant(commands::tenant::Command),
     /// Finish or undo half-done work, purge expired tenants, report orphans.
     Reconcile(commands::reconcile::Opts),
+    /// Schema changes across the fleet: what is pending, where each tenant stands.
+    #[command(subcommand)]
+    Migrate(commands::migrate::Command),
     /// Sign tokens for development and tests.
     #[command(subcommand)]
     Token(commands::token::Command),
@@ -92,6 +95,9 @@ fn main() -> ExitCode {
                 commands::tenant::run(cmd, settings, cli.output, cli.templates).await
             }
             Command::Token(cmd) => commands::token::run(cmd, settings, cli.output),
+            Command::Migrate(cmd) => {
+                commands::migrate::run(cmd, settings, cli.output, cli.templates).await
+            }
             Command::Reconcile(opts) => {
                 commands::reconcile::run(opts, settings, cli.output, cli.templates).await
             }

@@ -1,5 +1,6 @@
 pub mod catalog;
 pub mod dev;
+pub mod migrate;
 pub mod reconcile;
 pub mod serve;
 pub mod server;
