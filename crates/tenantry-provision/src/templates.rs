@@ -196,8 +196,7 @@ pub(crate) async fn drop_template_database(
     Ok(())
 }
 
-/// The template owner: a role nobody logs in as. A non-superuser admin (CREATEROLE)
-/// makes itself a member, to act as it.
+/// The template owner: a role nobody logs in as; the admin joins it to act as it.
 async fn ensure_owner_role(
     admin: &tokio_postgres::Client,
     owner: &Ident,
@@ -219,6 +218,16 @@ async fn ensure_owner_role(
             Err(e) => return Err(e),
         }
     }
+    join_role(admin, owner).await
+}
+
+/// Makes a non-superuser admin (CREATEDB CREATEROLE) a member of `role`, which
+/// PostgreSQL requires to act as it: to set it as a database's owner, to `SET ROLE` to
+/// it, or to reassign its objects. A superuser needs nothing.
+pub(crate) async fn join_role(
+    admin: &tokio_postgres::Client,
+    role: &Ident,
+) -> Result<(), tokio_postgres::Error> {
     let superuser: bool = admin
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -228,7 +237,7 @@ async fn ensure_owner_role(
         .get(0);
     if !superuser {
         admin
-            .batch_execute(&format!("GRANT {owner} TO CURRENT_USER"))
+            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
             .await?;
     }
     Ok(())

@@ -1059,19 +1059,6 @@ async fn ensure_role(
             it = opts.idle_in_transaction_timeout_ms,
         ))
         .await?;
-    // A non-superuser admin (CREATEDB CREATEROLE) must be a member of the role to make
-    // it a database's owner, and to hand it the template's objects.
-    let superuser: bool = admin
-        .query_one(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !superuser {
-        admin
-            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
-            .await?;
-    }
-    Ok(())
+    // To make the role a database's owner and hand it the template's objects.
+    crate::templates::join_role(admin, role).await
 }
