@@ -62,11 +62,20 @@ pub async fn provisioner(
             )))
         }
     }
+    provisioner_over(settings, &catalog, templates)
+}
+
+/// A provisioner over a catalog already opened (and migrated) by the caller.
+pub fn provisioner_over(
+    settings: &Settings,
+    catalog: &Catalog,
+    templates: Option<PathBuf>,
+) -> Result<Provisioner, CliError> {
     let mut opts = ProvisionOptions::from_settings(settings);
     if let Some(dir) = templates {
         opts.templates_dir = dir;
     }
-    Ok(Provisioner::new(catalog, sealer(settings)?, opts)?)
+    Ok(Provisioner::new(catalog.clone(), sealer(settings)?, opts)?)
 }
 
 /// Exit 2 for what the caller got wrong, 1 for what failed.

@@ -553,7 +553,7 @@ impl Provisioner {
         Ok(())
     }
 
-    /// One ledger-recorded step, with fault points before and after it acts.
+    /// One step of creating a tenant; see [`Provisioner::recorded`].
     async fn step<T>(
         &self,
         tenant: &TenantRow,
@@ -561,11 +561,24 @@ impl Provisioner {
         name: &'static str,
         act: impl std::future::Future<Output = Result<T, ProvisionError>>,
     ) -> Result<T, ProvisionError> {
-        let kind = "create";
+        self.recorded(tenant, server.id, "create", name, act).await
+    }
+
+    /// Runs one lifecycle step: a `started` ledger row before it acts and `done` or
+    /// `failed` after, fault points before and after (test builds), in a span carrying
+    /// the tenant and its database.
+    async fn recorded<T>(
+        &self,
+        tenant: &TenantRow,
+        server_id: i64,
+        kind: &'static str,
+        name: &'static str,
+        act: impl std::future::Future<Output = Result<T, ProvisionError>>,
+    ) -> Result<T, ProvisionError> {
         let entry = ledger::start(
             &self.catalog,
             Some(tenant.info.id),
-            Some(server.id),
+            Some(server_id),
             kind,
             name,
             json!({"slug": tenant.info.slug}),
@@ -822,34 +835,8 @@ impl Provisioner {
             return Ok(());
         };
         let server = self.server_by_id(server_id).await?;
-        let entry = ledger::start(
-            &self.catalog,
-            Some(tenant.info.id),
-            Some(server_id),
-            kind,
-            name,
-            json!({"slug": tenant.info.slug}),
-        )
-        .await?;
-        let span = tracing::info_span!(
-            "provision",
-            tenant = %tenant.info.slug,
-            db = %tenant.database.as_str(),
-            op = kind,
-            step = name
-        );
-        let result: Result<(), ProvisionError> = async {
-            fault::point(&format!("{kind}.{name}.before"))?;
-            act(server, tenant.clone()).await?;
-            fault::point(&format!("{kind}.{name}.after"))
-        }
-        .instrument(span)
-        .await;
-        match &result {
-            Ok(()) => entry.done(&self.catalog).await?,
-            Err(e) => entry.failed(&self.catalog, &e.to_string()).await,
-        }
-        result
+        self.recorded(tenant, server_id, kind, name, act(server, tenant.clone()))
+            .await
     }
 
     // ----- delete, purge -----

@@ -5,7 +5,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tenantry_catalog::Catalog;
 use tenantry_config::Settings;
-use tenantry_provision::{ProvisionOptions, Provisioner};
+use tenantry_provision::Provisioner;
 use tenantry_router::{AppState, RouterOptions};
 
 use crate::exit::CliError;
@@ -16,7 +16,7 @@ pub struct Opts {}
 pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
     let url = crate::context::catalog_url(&settings)?;
     let catalog = prepare_catalog(&url, &settings).await?;
-    let provisioner = provisioner(&settings, &catalog)?;
+    let provisioner = crate::context::provisioner_over(&settings, &catalog, None)?;
     reconcile_at_start(&provisioner).await;
     serve_until_signal(&settings, catalog, url, provisioner, |addr| {
         tracing::info!(%addr, "router listening");
@@ -45,14 +45,6 @@ pub async fn prepare_catalog(url: &SecretString, settings: &Settings) -> Result<
         .await
         .context("write the plan table")?;
     Ok(catalog)
-}
-
-pub fn provisioner(settings: &Settings, catalog: &Catalog) -> Result<Provisioner, CliError> {
-    Ok(Provisioner::new(
-        catalog.clone(),
-        crate::context::sealer(settings)?,
-        ProvisionOptions::from_settings(settings),
-    )?)
 }
 
 /// Finishes or undoes what a crash left half-done before serving; problems are logged,
