@@ -839,25 +839,18 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
         .unwrap();
     let p = d.provisioner().await;
     let tenants = 500;
-    let creators: Vec<_> = (0..4)
-        .map(|c| {
-            let p = p.clone();
-            tokio::spawn(async move {
-                for i in (c..tenants).step_by(4) {
-                    p.create_tenant(CreateTenant {
-                        slug: format!("load-{i}"),
-                        plan: Some("enterprise".into()),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                }
+    p.create_many(
+        (0..tenants)
+            .map(|i| CreateTenant {
+                slug: format!("load-{i}"),
+                plan: Some("enterprise".into()),
+                ..Default::default()
             })
-        })
-        .collect();
-    for c in creators {
-        c.await.unwrap();
-    }
+            .collect(),
+        4,
+    )
+    .await
+    .unwrap();
     let fast = [
         ("TENANTRY__ROUTER__IDLE_TIMEOUT_S", "1"),
         ("TENANTRY__ROUTER__POOL_WAIT_MS", "3000"),

@@ -383,10 +383,5 @@ async fn run() -> Report {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = runtime.block_on(run());
-    report.print_and_save();
+    tenantry_bench::main(run());
 }

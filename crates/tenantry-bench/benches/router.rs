@@ -4,16 +4,13 @@
 //! under a 64-connection budget. Also: the cache-hit resolution path (micro-benchmark)
 //! and a cold tenant's first request.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use secrecy::SecretString;
-use tenantry_bench::{Ratio, Report, Summary};
-use tenantry_catalog::{Catalog, Sealer};
-use tenantry_provision::{AddServer, CreateTenant, ProvisionOptions, Provisioner};
+use tenantry_bench::{Deployment, Ratio, Report, Summary};
+use tenantry_provision::CreateTenant;
 use tenantry_router::auth::{issue_hs256, Claims};
 use tenantry_router::{AppState, RouterOptions};
 use tenantry_testkit::TestCluster;
@@ -21,6 +18,11 @@ use uuid::Uuid;
 
 const TENANTS: usize = 1000;
 const RUN: Duration = Duration::from_secs(5);
+/// Every scenario (the baseline's too) runs this long before it is measured: pools fill
+/// and connections open, so the figures are the steady state.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// The baseline and the 1-tenant scenario alternate in this many rounds of `RUN / ROUNDS`.
+const ROUNDS: usize = 3;
 const CLIENTS: usize = 32;
 const WORKERS: usize = 2;
 
@@ -32,12 +34,36 @@ struct Tenant {
 
 /// Requests `GET {base}{path}` from `CLIENTS` concurrent clients for `RUN`, choosing the
 /// request with `pick`; returns the latencies of successful requests and the failures.
+/// One measured run: latencies of the successful requests, failures, the most
+/// connections seen on the server, and the measured wall time.
+#[derive(Default)]
+struct Run {
+    samples: Vec<Duration>,
+    failed: usize,
+    peak: i64,
+    wall: Duration,
+}
+
+impl Run {
+    fn add(&mut self, other: Run) {
+        self.samples.extend(other.samples);
+        self.failed += other.failed;
+        self.peak = self.peak.max(other.peak);
+        self.wall += other.wall;
+    }
+
+    fn summary(&self, name: &str) -> Summary {
+        Summary::new(name, &self.samples, self.wall)
+    }
+}
+
 async fn load(
-    name: String,
+    name: &str,
+    run_for: Duration,
     requests: Arc<Vec<(String, String)>>,
     pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
     pg: &TestCluster,
-) -> (Summary, usize, i64) {
+) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -66,45 +92,70 @@ async fn load(
             peak
         })
     };
-    let started = Instant::now();
+    eprintln!("{name}…");
+    let warm = Instant::now();
+    let started = warm + WARM_UP;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let (http, requests, pick) = (http.clone(), requests.clone(), pick.clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut failed = 0usize;
+                let mut reasons: Vec<String> = Vec::new();
                 let mut i = c * 7919;
-                while started.elapsed() < RUN {
+                loop {
+                    let t = Instant::now();
+                    if t >= started + run_for {
+                        break;
+                    }
                     let (url, auth) = &requests[pick(i)];
                     i += 1;
-                    let t = Instant::now();
-                    let ok = http
-                        .get(url)
-                        .header("authorization", auth)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                    if ok {
-                        samples.push(t.elapsed());
-                    } else {
-                        failed += 1;
+                    let outcome = match http.get(url).header("authorization", auth).send().await {
+                        Ok(r) if r.status().is_success() => None,
+                        Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Some(format!("transport error: {e}")),
+                    };
+                    match outcome {
+                        // Failures count during the warm-up too.
+                        Some(why) => {
+                            failed += 1;
+                            if reasons.len() < 3 && !reasons.contains(&why) {
+                                reasons.push(why);
+                            }
+                        }
+                        None if t >= started => samples.push(t.elapsed()),
+                        None => {}
                     }
                 }
-                (samples, failed)
+                (samples, failed, reasons)
             })
         })
         .collect();
     let mut samples = Vec::new();
     let mut failed = 0;
+    let mut reasons: Vec<String> = Vec::new();
     for c in clients {
-        let (s, f) = c.await.unwrap();
+        let (s, f, r) = c.await.unwrap();
         samples.extend(s);
         failed += f;
+        for why in r {
+            if !reasons.contains(&why) {
+                reasons.push(why);
+            }
+        }
     }
-    let wall = started.elapsed();
+    if !reasons.is_empty() {
+        eprintln!("{name}: {failed} failed requests: {}", reasons.join("; "));
+    }
+    let wall = Instant::now().saturating_duration_since(started);
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.await.unwrap();
-    (Summary::new(name, &samples, wall), failed, peak)
+    Run {
+        samples,
+        failed,
+        peak,
+        wall,
+    }
 }
 
 /// Zipf(s = 1.1) over `n` items: item k is chosen with weight 1/k^s.
@@ -182,74 +233,45 @@ async fn baseline(pg: &TestCluster, database: &str) -> (actix_web::dev::ServerHa
 
 async fn run() -> Report {
     let pg = TestCluster::start();
-    pg.create_database("catalog").await;
-    let catalog_url = SecretString::from(pg.url("catalog"));
-    tenantry_catalog::migrate(&catalog_url).await.unwrap();
-    let catalog = Catalog::new(&catalog_url, 16, Duration::from_secs(5)).unwrap();
-    let settings = {
-        let vars: HashMap<String, String> = [
-            ("TENANTRY__CATALOG__URL", pg.url("catalog")),
-            ("TENANTRY__HTTP__BIND", "127.0.0.1:0".into()),
+    // The router's budget is max_connections / (live + 1): 100 here, for the 1 and 100
+    // tenant scenarios; 64 for the 1,000-tenant one (set below).
+    let Deployment {
+        settings,
+        catalog_url,
+        catalog,
+        sealer,
+        provisioner,
+    } = Deployment::new(
+        &pg,
+        &[
+            ("TENANTRY__HTTP__BIND", "127.0.0.1:0"),
             (
                 "TENANTRY__PLANS__ENTERPRISE__REQUESTS_PER_MINUTE",
-                "100000000".into(),
+                "100000000",
             ),
-            ("TENANTRY__ROUTER__POOL_WAIT_MS", "5000".into()),
-            ("TENANTRY__ROUTER__HEARTBEAT_S", "1".into()),
-            ("TENANTRY__ROUTER__IDLE_TIMEOUT_S", "2".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        tenantry_config::load(&tenantry_config::LoadOptions {
-            env: Some("test".into()),
-            config_dir: Some("/nonexistent".into()),
-            extra_file: None,
-            vars: Some(vars),
-        })
-        .unwrap()
-    };
-    catalog
-        .sync_plans(&settings.plans().unwrap())
-        .await
-        .unwrap();
-    let sealer = Sealer::new(1, &settings.master_key().unwrap().0);
-    let mut opts = ProvisionOptions::from_settings(&settings);
-    opts.templates_dir =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates");
-    let provisioner = Provisioner::new(catalog.clone(), sealer.clone(), opts).unwrap();
-    provisioner
-        .add_server(AddServer {
-            name: "bench".into(),
-            url: SecretString::from(pg.url("postgres")),
-            capacity: Some(5000),
-            // The router's budget is max_connections / (live + 1): 100 here, for the 1 and
-            // 100 tenant scenarios; 64 for the 1,000-tenant one (set below).
-            max_connections: Some(200),
-        })
-        .await
-        .unwrap();
+            ("TENANTRY__ROUTER__POOL_WAIT_MS", "5000"),
+            ("TENANTRY__ROUTER__HEARTBEAT_S", "1"),
+            ("TENANTRY__ROUTER__IDLE_TIMEOUT_S", "2"),
+        ],
+        tenantry_bench::templates_dir(),
+        200,
+    )
+    .await;
 
     eprintln!("creating {TENANTS} tenants…");
-    let creators: Vec<_> = (0..4)
-        .map(|c| {
-            let p = provisioner.clone();
-            tokio::spawn(async move {
-                for i in (c..TENANTS).step_by(4) {
-                    p.create_tenant(CreateTenant {
-                        slug: format!("t{i}"),
-                        plan: Some("enterprise".into()),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                }
-            })
-        })
-        .collect();
-    for c in creators {
-        c.await.unwrap();
-    }
+    provisioner
+        .create_many(
+            (0..TENANTS)
+                .map(|i| CreateTenant {
+                    slug: format!("t{i}"),
+                    plan: Some("enterprise".into()),
+                    ..Default::default()
+                })
+                .collect(),
+            4,
+        )
+        .await
+        .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -288,20 +310,12 @@ async fn run() -> Report {
         });
     }
 
-    // The baseline: one database, no tenancy.
+    // The baseline: one database, no tenancy; it gets the same requests, token included.
     let (baseline_handle, baseline_base) = baseline(&pg, &tenants[0].database).await;
     let base_requests = Arc::new(vec![(
         format!("{baseline_base}/tasks/{}", tenants[0].task),
-        String::new(),
+        tenants[0].token.clone(),
     )]);
-    let (base, base_failed, base_peak) = load(
-        "baseline: actix + deadpool, 1 database".into(),
-        base_requests,
-        Arc::new(|_| 0),
-        &pg,
-    )
-    .await;
-    baseline_handle.stop(true).await;
 
     let (state, background) = AppState::start(
         &settings,
@@ -313,6 +327,14 @@ async fn run() -> Report {
     .await
     .unwrap();
     let resolver = state.resolver.clone();
+    let pools = state.pools.clone();
+    // Connections opened and evicted so far (summed over servers).
+    let churn = move || {
+        pools
+            .usage()
+            .iter()
+            .fold((0, 0), |(o, e), u| (o + u.opened, e + u.evicted))
+    };
     let router = tenantry_router::start(
         &RouterOptions {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -351,20 +373,44 @@ async fn run() -> Report {
     // Let those pools go quiet, so the next scenario's pool gets the budget's full share.
     tokio::time::sleep(Duration::from_millis(3500)).await;
 
-    let (one, one_failed, one_peak) = load(
-        "tenantry: 1 tenant".into(),
-        requests.clone(),
-        Arc::new(|_| 0),
-        &pg,
-    )
-    .await;
-    let (hundred, hundred_failed, hundred_peak) = load(
-        "tenantry: 100 tenants, uniform".into(),
+    // The baseline and the 1-tenant scenario take turns, so a drift of this shared
+    // machine (autovacuum visiting the new databases, say) weighs on both alike.
+    let mut base = Run::default();
+    let mut one = Run::default();
+    let before_one = churn();
+    for _ in 0..ROUNDS {
+        base.add(
+            load(
+                "baseline: actix + deadpool, 1 database",
+                RUN / ROUNDS as u32,
+                base_requests.clone(),
+                Arc::new(|_| 0),
+                &pg,
+            )
+            .await,
+        );
+        one.add(
+            load(
+                "tenantry: 1 tenant",
+                RUN / ROUNDS as u32,
+                requests.clone(),
+                Arc::new(|_| 0),
+                &pg,
+            )
+            .await,
+        );
+    }
+    baseline_handle.stop(true).await;
+    let before_hundred = churn();
+    let hundred = load(
+        "tenantry: 100 tenants, uniform",
+        RUN,
         requests.clone(),
         Arc::new(|i| (i * 37) % 100),
         &pg,
     )
     .await;
+    let after_hundred = churn();
     catalog
         .client()
         .await
@@ -375,13 +421,19 @@ async fn run() -> Report {
     // The next heartbeat (every second here) shrinks the budget to 64, and the idle
     // connections of the earlier scenarios close (idle timeout 2 s here).
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let (thousand, thousand_failed, thousand_peak) = load(
-        "tenantry: 1,000 tenants, Zipf 1.1, budget 64".into(),
+    let before_thousand = churn();
+    let thousand = load(
+        "tenantry: 1,000 tenants, Zipf 1.1, budget 64",
+        RUN,
         requests.clone(),
         zipf(TENANTS),
         &pg,
     )
     .await;
+
+    let after_thousand = churn();
+    let delta =
+        |a: (u64, u64), b: (u64, u64)| format!("{} opened, {} evicted", b.0 - a.0, b.1 - a.1);
 
     // The resolution path on a cache hit, without HTTP.
     let mut hits = Vec::with_capacity(100_000);
@@ -401,14 +453,23 @@ async fn run() -> Report {
 
     let notes = vec![
         format!(
-            "{CLIENTS} concurrent HTTP clients (reqwest, keep-alive) in this process, {WORKERS} server workers, {} s per scenario, one throwaway cluster",
-            RUN.as_secs()
+            "{CLIENTS} concurrent HTTP clients (reqwest, keep-alive) in this process, {WORKERS} server workers, {} s per scenario after {} s of warm-up (the baseline and 1 tenant in {ROUNDS} alternating rounds), one throwaway cluster",
+            RUN.as_secs(),
+            WARM_UP.as_secs()
         ),
         format!(
-            "failed requests: baseline {base_failed}, 1 tenant {one_failed}, 100 tenants {hundred_failed}, 1,000 Zipf {thousand_failed}"
+            "failed requests: baseline {}, 1 tenant {}, 100 tenants {}, 1,000 Zipf {}",
+            base.failed, one.failed, hundred.failed, thousand.failed
         ),
         format!(
-            "peak connections on the server (pg_stat_activity): baseline {base_peak}, 1 tenant {one_peak}, 100 tenants {hundred_peak} (budget 100), 1,000 Zipf {thousand_peak} (budget 64)"
+            "peak connections on the server (pg_stat_activity): baseline {}, 1 tenant {}, 100 tenants {} (budget 100), 1,000 Zipf {} (budget 64)",
+            base.peak, one.peak, hundred.peak, thousand.peak
+        ),
+        format!(
+            "router connections opened and evicted in each scenario, warm-up included: 1 tenant {}; 100 tenants {}; 1,000 Zipf {}",
+            delta(before_one, before_hundred),
+            delta(before_hundred, after_hundred),
+            delta(before_thousand, after_thousand)
         ),
         format!(
             "cache-hit resolution: p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs over 100,000 calls",
@@ -417,6 +478,10 @@ async fn run() -> Report {
             hit.max_ms * 1000.0
         ),
     ];
+    let base = base.summary("baseline: actix + deadpool, 1 database");
+    let one = one.summary("tenantry: 1 tenant");
+    let hundred = hundred.summary("tenantry: 100 tenants, uniform");
+    let thousand = thousand.summary("tenantry: 1,000 tenants, Zipf 1.1, budget 64");
     let ratios = vec![
         Ratio {
             name: "1 tenant / baseline (req/s)".into(),
@@ -443,10 +508,5 @@ async fn run() -> Report {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let report = runtime.block_on(run());
-    report.print_and_save();
+    tenantry_bench::main(run());
 }

@@ -99,6 +99,89 @@ impl Report {
     }
 }
 
+/// A catalog on `pg`, migrated, with one registered server (`bench`, the same cluster):
+/// what every benchmark of the control plane starts from.
+pub struct Deployment {
+    pub settings: tenantry_config::Settings,
+    pub catalog_url: secrecy::SecretString,
+    pub catalog: tenantry_catalog::Catalog,
+    pub sealer: tenantry_catalog::Sealer,
+    pub provisioner: tenantry_provision::Provisioner,
+}
+
+impl Deployment {
+    /// The test environment's settings with `vars` over them; templates from
+    /// `templates_dir`; the server registered with `max_connections`.
+    pub async fn new(
+        pg: &tenantry_testkit::TestCluster,
+        vars: &[(&str, &str)],
+        templates_dir: PathBuf,
+        max_connections: u32,
+    ) -> Self {
+        use secrecy::SecretString;
+        pg.create_database("catalog").await;
+        let catalog_url = SecretString::from(pg.url("catalog"));
+        tenantry_catalog::migrate(&catalog_url)
+            .await
+            .expect("catalog migrated");
+        let catalog = tenantry_catalog::Catalog::new(&catalog_url, 16, Duration::from_secs(5))
+            .expect("catalog pool");
+        let mut all: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all.insert("TENANTRY__CATALOG__URL".into(), pg.url("catalog"));
+        let settings = tenantry_config::load(&tenantry_config::LoadOptions {
+            env: Some("test".into()),
+            config_dir: Some("/nonexistent".into()),
+            extra_file: None,
+            vars: Some(all),
+        })
+        .expect("settings");
+        catalog
+            .sync_plans(&settings.plans().expect("plans"))
+            .await
+            .expect("plans written");
+        let sealer =
+            tenantry_catalog::Sealer::new(1, &settings.master_key().expect("master key").0);
+        let mut opts = tenantry_provision::ProvisionOptions::from_settings(&settings);
+        opts.templates_dir = templates_dir;
+        let provisioner =
+            tenantry_provision::Provisioner::new(catalog.clone(), sealer.clone(), opts)
+                .expect("provisioner");
+        provisioner
+            .add_server(tenantry_provision::AddServer {
+                name: "bench".into(),
+                url: SecretString::from(pg.url("postgres")),
+                capacity: Some(5000),
+                max_connections: Some(max_connections),
+            })
+            .await
+            .expect("server added");
+        Self {
+            settings,
+            catalog_url,
+            catalog,
+            sealer,
+            provisioner,
+        }
+    }
+}
+
+/// The repository's tenant templates.
+pub fn templates_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
+}
+
+/// Runs a benchmark on a multi-threaded runtime, then prints and saves its report.
+pub fn main(bench: impl std::future::Future<Output = Report>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench).print_and_save();
+}
+
 /// `target/`, found from the running benchmark binary (`target/<profile>/deps/<bench>`).
 fn target_dir() -> PathBuf {
     std::env::current_exe()

@@ -25,6 +25,7 @@ pub struct Settings {
     pub plans: BTreeMap<String, PlanOverride>,
     pub provision: ProvisionSettings,
     pub router: RouterSettings,
+    pub migrate: MigrateSettings,
     pub dev: DevSettings,
     pub log: LogSettings,
 }
@@ -41,6 +42,16 @@ pub struct RouterSettings {
     pub min_schema_version: i32,
     pub sql_statement_timeout_ms: u64,
     pub sql_row_cap: usize,
+}
+
+/// `tenantry migrate run`'s defaults (its flags override the first two).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MigrateSettings {
+    pub concurrency: usize,
+    pub per_server: usize,
+    pub lock_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub lock_retries: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +325,13 @@ impl Settings {
             (
                 "router.sql_statement_timeout_ms",
                 self.router.sql_statement_timeout_ms,
+            ),
+            ("migrate.concurrency", self.migrate.concurrency as u64),
+            ("migrate.per_server", self.migrate.per_server as u64),
+            ("migrate.lock_timeout_ms", self.migrate.lock_timeout_ms),
+            (
+                "migrate.statement_timeout_ms",
+                self.migrate.statement_timeout_ms,
             ),
         ] {
             if value == 0 {

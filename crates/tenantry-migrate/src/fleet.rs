@@ -160,3 +160,16 @@ pub async fn status(catalog: &Catalog, templates_dir: &Path) -> Result<Status, F
         .collect();
     Ok(Status { latest, tenants })
 }
+
+/// The templates that live tenants were made from.
+pub async fn templates_in_use(catalog: &Catalog) -> Result<Vec<String>, FleetError> {
+    let rows = catalog
+        .client()
+        .await?
+        .query(
+            "SELECT DISTINCT template FROM tenants WHERE state IN ('requested', 'creating', 'ready', 'suspended') ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

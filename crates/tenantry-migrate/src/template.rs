@@ -18,6 +18,22 @@ pub enum TemplateError {
     DuplicateVersion { name: String, version: i32 },
     #[error("applying template {name:?} failed: {reason}")]
     Apply { name: String, reason: String },
+    #[error("template file {file} changed after it was applied (applied checksum {applied}, file checksum {now}): restore it, and put the change in a new V{{n}}__ file")]
+    Divergent {
+        file: PathBuf,
+        applied: String,
+        now: String,
+    },
+    #[error("template file {file} was applied but is no longer in {dir}: restore it (applied files are never removed)")]
+    Missing { file: PathBuf, dir: PathBuf },
+}
+
+/// A migration as applied somewhere: its version, name and refinery checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: i32,
+    pub name: String,
+    pub checksum: String,
 }
 
 /// One migration file of a template.
@@ -33,6 +49,7 @@ pub struct MigrationFile {
 #[derive(Debug, Clone)]
 pub struct Template {
     name: String,
+    dir: PathBuf,
     files: Vec<MigrationFile>,
     checksum: String,
 }
@@ -99,6 +116,7 @@ impl Template {
         let checksum = hex::encode(&hash.finalize()[..6]);
         Ok(Self {
             name: name.to_owned(),
+            dir,
             files,
             checksum,
         })
@@ -121,6 +139,65 @@ impl Template {
         self.files.last().map_or(0, |f| f.version)
     }
 
+    /// The folder the files were read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Each file as refinery records it when applied (its checksum as text).
+    pub fn applied_form(&self) -> Result<Vec<Applied>, TemplateError> {
+        self.files
+            .iter()
+            .map(|f| {
+                let m = refinery::Migration::unapplied(&f.name, &f.sql).map_err(|e| {
+                    TemplateError::BadFile {
+                        file: self.file_path(&f.name),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(Applied {
+                    version: f.version,
+                    name: f.name.clone(),
+                    checksum: m.checksum().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn file_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sql"))
+    }
+
+    /// Refuses files that differ from, or lack, migrations already applied (`applied`,
+    /// as recorded in the catalog or a database's history), naming the file.
+    pub fn verify(&self, applied: &[Applied]) -> Result<(), TemplateError> {
+        let ours = self.applied_form()?;
+        for a in applied {
+            match ours.iter().find(|f| f.version == a.version) {
+                None => {
+                    return Err(TemplateError::Missing {
+                        file: self.file_path(&a.name),
+                        dir: self.dir.clone(),
+                    })
+                }
+                Some(f) if f.checksum != a.checksum || f.name != a.name => {
+                    return Err(TemplateError::Divergent {
+                        file: self.file_path(&f.name),
+                        applied: a.checksum.clone(),
+                        now: f.checksum.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The files after `version`, in order.
+    pub fn pending_after(&self, version: i32) -> impl Iterator<Item = &MigrationFile> {
+        self.files.iter().filter(move |f| f.version > version)
+    }
+
     /// A refinery runner over this template's files; refinery refuses divergent and missing files.
     pub fn runner(&self) -> Result<refinery::Runner, TemplateError> {
         let migrations = self
@@ -129,7 +206,7 @@ impl Template {
             .map(|f| {
                 refinery::Migration::unapplied(&f.name, &f.sql).map_err(|e| {
                     TemplateError::BadFile {
-                        file: PathBuf::from(format!("{}/{}.sql", self.name, f.name)),
+                        file: self.file_path(&f.name),
                         reason: e.to_string(),
                     }
                 })

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use secrecy::{ExposeSecret, SecretString};
+
+mod stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -65,6 +66,10 @@ pub enum PoolError {
 pub enum ConnError {
     #[error("the server's connection budget is spent")]
     Budget,
+    #[error("could not reach the server: {0}")]
+    Connect(std::io::Error),
+    #[error("the server did not accept the connection in time")]
+    Timeout,
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
 }
@@ -76,6 +81,9 @@ pub struct Budget {
     /// Permits to swallow as connections close, after the limit was lowered.
     debt: AtomicUsize,
     open: AtomicUsize,
+    /// Connections opened and idle connections closed to make room, since start.
+    opened: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl Budget {
@@ -85,6 +93,8 @@ impl Budget {
             limit: AtomicUsize::new(limit),
             debt: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
     }
 
@@ -122,15 +132,14 @@ struct Slot {
     budget: Arc<Budget>,
 }
 
-/// How long a closed connection keeps its permit: the server frees its slot when the
-/// backend has exited, a moment after the socket closes, and until then it still counts
-/// against the server's `max_connections`.
-const CLOSE_GRACE: Duration = Duration::from_millis(25);
-
-impl Slot {
-    fn release(budget: &Budget, permit: OwnedSemaphorePermit) {
-        budget.open.fetch_sub(1, Ordering::SeqCst);
-        let owed = budget
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        self.budget.open.fetch_sub(1, Ordering::SeqCst);
+        let owed = self
+            .budget
             .debt
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
             .is_ok();
@@ -140,28 +149,10 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let budget = self.budget.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    tokio::time::sleep(CLOSE_GRACE).await;
-                    Slot::release(&budget, permit);
-                });
-            }
-            Err(_) => Slot::release(&budget, permit),
-        }
-    }
-}
-
-/// One open connection: the client and the budget permit it holds.
+/// One open connection. Its budget permit is held by the task driving the connection,
+/// which ends when the server has closed the socket (see [`stream`]).
 pub struct Conn {
     client: deadpool_postgres::ClientWrapper,
-    _slot: Slot,
     dirty: bool,
 }
 
@@ -194,7 +185,10 @@ impl std::ops::DerefMut for Conn {
 
 /// The pool manager: opens connections as the tenant, each holding a budget permit.
 pub struct Manager {
-    inner: deadpool_postgres::Manager,
+    config: tokio_postgres::Config,
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
     budget: Arc<Budget>,
     pools: Weak<Inner>,
     tenant: Uuid,
@@ -202,13 +196,11 @@ pub struct Manager {
     wait: Duration,
 }
 
-impl managed::Manager for Manager {
-    type Type = Conn;
-    type Error = ConnError;
-
-    async fn create(&self) -> Result<Conn, ConnError> {
-        // Take a free permit; else close an idle connection of another tenant on this
-        // server and wait a moment for a permit; again, until the deadline.
+impl Manager {
+    /// A permit of the server's budget: a free one; else close an idle connection of
+    /// another tenant on this server and wait a moment for a permit; again, until the
+    /// deadline.
+    async fn permit(&self) -> Result<Slot, ConnError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let permit = loop {
             if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
@@ -229,19 +221,64 @@ impl managed::Manager for Manager {
             }
         };
         self.budget.open.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot {
+        self.budget.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
-        };
-        let client = managed::Manager::create(&self.inner).await?;
+        })
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
+        ),
+        ConnError,
+    > {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(ConnError::Connect)?;
+        tcp.set_nodelay(true).map_err(ConnError::Connect)?;
+        Ok(self
+            .config
+            .connect_raw(stream::UntilClosed::new(tcp), tokio_postgres::NoTls)
+            .await?)
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = Conn;
+    type Error = ConnError;
+
+    async fn create(&self) -> Result<Conn, ConnError> {
+        let slot = self.permit().await?;
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| ConnError::Timeout)??;
+        // The task drives the connection and holds the permit until the server has
+        // closed the socket; dropping the client ends the session (Terminate, then
+        // our side shut, then the server's close).
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "tenant connection ended with an error");
+            }
+            drop(slot);
+        });
+        // The wrapper aborts the task it is given when dropped; it is given one that has
+        // nothing to do, so the connection above ends cleanly instead.
+        let noop = tokio::spawn(async {});
         Ok(Conn {
-            client,
-            _slot: slot,
+            client: deadpool_postgres::ClientWrapper::new(client, noop),
             dirty: false,
         })
     }
 
-    async fn recycle(&self, conn: &mut Conn, metrics: &Metrics) -> RecycleResult<ConnError> {
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnError> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
         if conn.dirty {
             conn.client
                 .simple_query(CLEAN_SQL)
@@ -249,16 +286,7 @@ impl managed::Manager for Manager {
                 .map_err(|e| RecycleError::Backend(ConnError::Pg(e)))?;
             conn.dirty = false;
         }
-        managed::Manager::recycle(&self.inner, &mut conn.client, metrics)
-            .await
-            .map_err(|e| match e {
-                RecycleError::Message(m) => RecycleError::Message(m),
-                RecycleError::Backend(e) => RecycleError::Backend(ConnError::Pg(e)),
-            })
-    }
-
-    fn detach(&self, conn: &mut Conn) {
-        managed::Manager::detach(&self.inner, &mut conn.client);
+        Ok(())
     }
 }
 
@@ -310,6 +338,9 @@ impl Inner {
             }
         }
         if let Some((_, pool)) = victim {
+            if let Some(budget) = self.budgets.get(&server) {
+                budget.evicted.fetch_add(1, Ordering::Relaxed);
+            }
             let mut taken = false;
             pool.retain(|_, _| {
                 if taken {
@@ -330,6 +361,10 @@ pub struct ServerUsage {
     pub budget: usize,
     pub open: usize,
     pub pools: usize,
+    /// Connections opened since start.
+    pub opened: u64,
+    /// Idle connections closed to make room for another tenant's, since start.
+    pub evicted: u64,
 }
 
 /// All tenant pools of this process.
@@ -372,6 +407,9 @@ impl Pools {
             managed::PoolError::Backend(ConnError::Pg(e)) => {
                 PoolError::Unavailable(tenantry_catalog::describe_pg_error(&e))
             }
+            managed::PoolError::Backend(e @ (ConnError::Connect(_) | ConnError::Timeout)) => {
+                PoolError::Unavailable(e.to_string())
+            }
             managed::PoolError::Backend(ConnError::Budget)
             | managed::PoolError::Timeout(_)
             | managed::PoolError::Closed
@@ -403,27 +441,34 @@ impl Pools {
         if let Some(old) = old {
             old.pool.close();
         }
+        self.shrink_to_fair(target.server);
         Ok(pool)
+    }
+
+    /// A new pool became active on `server`: pools above the new even share give back
+    /// their spare connections now rather than at the next reap, so the newcomer finds
+    /// room without taking it from a pool that is at its share.
+    fn shrink_to_fair(&self, server: i64) {
+        let fair = self.fair_size(server, usize::MAX);
+        for entry in self.inner.pools.iter() {
+            if entry.server == server && entry.pool.status().max_size > fair {
+                entry.pool.resize(fair);
+            }
+        }
     }
 
     fn build(&self, target: &Target) -> Result<Pool, PoolError> {
         let c = &self.inner.config;
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&target.host)
-            .port(target.port)
-            .dbname(&target.database)
+        pg.dbname(&target.database)
             .user(&target.user)
             .password(target.password.expose_secret())
-            .application_name("tenantry-router")
-            .connect_timeout(c.connect_timeout);
+            .application_name("tenantry-router");
         let manager = Manager {
-            inner: deadpool_postgres::Manager::from_config(
-                pg,
-                tokio_postgres::NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            ),
+            config: pg,
+            host: target.host.clone(),
+            port: target.port,
+            connect_timeout: c.connect_timeout,
             budget: self.budget(target.server),
             pools: Arc::downgrade(&self.inner),
             tenant: target.tenant,
@@ -523,6 +568,8 @@ impl Pools {
                 server: *b.key(),
                 budget: b.limit.load(Ordering::SeqCst),
                 open: b.open.load(Ordering::SeqCst),
+                opened: b.opened.load(Ordering::Relaxed),
+                evicted: b.evicted.load(Ordering::Relaxed),
                 pools: self
                     .inner
                     .pools

@@ -43,6 +43,17 @@ pub enum ProvisionError {
     Export(String),
     #[error("injected fault at {0}")]
     Injected(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<tenantry_migrate::history::HistoryError> for ProvisionError {
+    fn from(e: tenantry_migrate::history::HistoryError) -> Self {
+        match e {
+            tenantry_migrate::history::HistoryError::Catalog(e) => Self::Catalog(e),
+            tenantry_migrate::history::HistoryError::Template(e) => Self::Template(e),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for ProvisionError {
@@ -57,9 +68,12 @@ impl ProvisionError {
             Self::BadInput(_) => ErrorKind::BadInput,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
-            Self::Template(TemplateError::NotFound { .. } | TemplateError::BadName(_)) => {
-                ErrorKind::BadInput
-            }
+            Self::Template(
+                TemplateError::NotFound { .. }
+                | TemplateError::BadName(_)
+                | TemplateError::Divergent { .. }
+                | TemplateError::Missing { .. },
+            ) => ErrorKind::BadInput,
             Self::NoCapacity(_) | Self::ServerUnavailable { .. } => ErrorKind::Unavailable,
             Self::Catalog(CatalogError::Unreachable(_)) => ErrorKind::Unavailable,
             _ => ErrorKind::Failed,

@@ -9,6 +9,7 @@
 
 mod error;
 mod fault;
+mod fleet;
 mod ledger;
 mod reconcile;
 mod server;
@@ -17,6 +18,7 @@ mod templates;
 mod tenants;
 
 pub use error::{ErrorKind, ProvisionError};
+pub use fleet::FleetConnector;
 pub use reconcile::{Orphan, ReconcileReport};
 pub use servers::{AddServer, ServerInfo};
 pub use tenants::{CreateTenant, TenantInfo};

@@ -50,8 +50,11 @@ impl Provisioner {
                 version: row.get(0),
             });
         }
+        // Files that changed or vanished after they were applied somewhere build nothing.
+        tenantry_migrate::history::verify(&self.catalog, template).await?;
         self.build_template(server, template, &database).await?;
         let version = template.latest_version();
+        tenantry_migrate::history::record(&self.catalog, template, version).await?;
         catalog
             .execute(
                 "INSERT INTO template_databases (server_id, template, checksum, version, database_name)

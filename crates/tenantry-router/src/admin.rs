@@ -236,17 +236,21 @@ async fn add_server(
     Ok(HttpResponse::Created().json(server))
 }
 
-/// Fleet schema status: every live tenant's template and schema version.
-#[utoipa::path(get, path = "/admin/v1/migrations", tag = "admin", responses((status = 200, body = Object), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
+/// Fleet schema status, as `tenantry migrate status` prints it: each template's latest
+/// version (from this router's templates folder) and each live tenant's version and
+/// last migration result.
+#[utoipa::path(get, path = "/admin/v1/migrations", tag = "admin", responses((status = 200, body = Object), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse), (status = 503, description = "the catalog or the templates folder cannot be read", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn migrations(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse, ApiError> {
-    let tenants = state.provisioner.list_tenants(None).await.map_err(api)?;
-    let items: Vec<serde_json::Value> = tenants
-        .iter()
-        .map(|t| {
-            serde_json::json!({
-                "slug": t.slug, "template": t.template, "schema_version": t.schema_version, "state": t.state
-            })
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "tenants": items })))
+    let dir = &state.provisioner.options().templates_dir;
+    let status = tenantry_migrate::fleet::status(state.provisioner.catalog(), dir)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "fleet status unavailable");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the fleet's status cannot be read now (catalog or templates folder); retry shortly",
+            )
+            .retry_after(5)
+        })?;
+    Ok(HttpResponse::Ok().json(status))
 }

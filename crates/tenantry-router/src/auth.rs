@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
+use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest};
+use dashmap::DashMap;
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
@@ -91,6 +93,34 @@ struct Key {
 pub struct Authenticator {
     hs256: Option<Key>,
     by_kid: HashMap<String, Key>,
+    /// Tokens whose signature and claims verified, by their text: a client sends the
+    /// same token with every request until it expires, and an RS256 or EdDSA check costs
+    /// tens of microseconds. `exp` and `nbf` are checked again on every use. Bounded:
+    /// emptied when full.
+    verified: DashMap<Box<str>, Arc<Claims>>,
+}
+
+/// How long a token may be past `exp` (or before `nbf`): clock skew between issuers and us.
+const LEEWAY_S: u64 = 30;
+/// Tokens kept verified, at most, and the longest token kept (a bound on memory).
+const VERIFIED_CAP: usize = 10_000;
+const VERIFIED_MAX_LEN: usize = 2048;
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The time checks of a token verified earlier.
+fn still_valid(claims: &Claims, now: u64) -> Result<(), Rejection> {
+    if claims.exp + LEEWAY_S <= now {
+        return Err(Rejection::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_S) {
+        return Err(Rejection::NotYetValid);
+    }
+    Ok(())
 }
 
 fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
@@ -100,7 +130,7 @@ fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.validate_exp = true;
     v.validate_nbf = true;
-    v.leeway = 30;
+    v.leeway = LEEWAY_S;
     v
 }
 
@@ -135,10 +165,33 @@ impl Authenticator {
         if hs256.is_none() && by_kid.is_empty() {
             return Err(AuthSetupError::NoKeys);
         }
-        Ok(Self { hs256, by_kid })
+        Ok(Self {
+            hs256,
+            by_kid,
+            verified: DashMap::new(),
+        })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, Rejection> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
+        if let Some(claims) = self.verified.get(token).map(|c| c.clone()) {
+            still_valid(&claims, now_s())?;
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_signed(token)?);
+        if token.len() <= VERIFIED_MAX_LEN {
+            if self.verified.len() >= VERIFIED_CAP {
+                let now = now_s();
+                self.verified.retain(|_, c| still_valid(c, now).is_ok());
+                if self.verified.len() >= VERIFIED_CAP {
+                    self.verified.clear();
+                }
+            }
+            self.verified.insert(token.into(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, Rejection> {
         let header = decode_header(token).map_err(|_| Rejection::Malformed)?;
         // The key decides the algorithm: a kid names a public key; no kid means the shared secret.
         let key = match &header.kid {
@@ -193,7 +246,7 @@ fn bearer(req: &HttpRequest) -> Result<&str, Rejection> {
     Ok(token)
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Claims, ApiError> {
+fn authenticate(req: &HttpRequest) -> Result<Arc<Claims>, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal(&"application state missing"))?;
@@ -204,7 +257,7 @@ fn authenticate(req: &HttpRequest) -> Result<Claims, ApiError> {
 /// A request authenticated for the tenant API: a valid token naming a tenant.
 #[derive(Debug, Clone)]
 pub struct TenantAuth {
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
     pub tenant: String,
 }
 
@@ -227,7 +280,7 @@ impl FromRequest for TenantAuth {
 /// A request authenticated for the admin API: a valid token with scope `admin`.
 #[derive(Debug, Clone)]
 pub struct AdminAuth {
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
 }
 
 impl FromRequest for AdminAuth {
@@ -272,6 +325,30 @@ mod tests {
             iat: Some(now()),
             scope: None,
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_served_from_the_cache_but_still_expires() {
+        let a = auth();
+        let token = sign(&claims());
+        let first = a.verify(&token).unwrap();
+        let again = a.verify(&token).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "verified once, then cached");
+        // A cached token is refused once past exp (and the leeway), or before nbf.
+        let c = claims();
+        assert_eq!(still_valid(&c, c.exp + LEEWAY_S), Err(Rejection::Expired));
+        assert_eq!(still_valid(&c, c.exp + LEEWAY_S - 1), Ok(()));
+        let later = Claims {
+            nbf: Some(now() + 600),
+            ..claims()
+        };
+        assert_eq!(still_valid(&later, now()), Err(Rejection::NotYetValid));
+        // A token that fails is never cached: the same text fails again.
+        let mut forged = token.clone();
+        forged.push('x');
+        assert!(a.verify(&forged).is_err());
+        assert!(a.verify(&forged).is_err());
+        assert_eq!(a.verified.len(), 1);
     }
 
     fn auth() -> Authenticator {

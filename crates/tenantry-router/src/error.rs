@@ -1,4 +1,5 @@
 use actix_web::http::{header, StatusCode};
+use actix_web::HttpMessage;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -134,6 +135,7 @@ impl ResponseError for ApiError {
 
 /// Unknown routes answer in the same shape as every other error.
 pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
+    req.extensions_mut().insert(crate::metrics::Unrouted);
     ApiError::new(
         ErrorCode::NotFound,
         format!("no route for {} {}", req.method(), req.path()),
@@ -224,6 +226,7 @@ pub(crate) async fn limit_headers(
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if size > MAX_HEADER_BYTES {
+        req.extensions_mut().insert(crate::metrics::Unrouted);
         let response = ApiError::new(
             ErrorCode::HeadersTooLarge,
             format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),

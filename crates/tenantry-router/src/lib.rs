@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{dev::ServerHandle, web, App, HttpServer};
+use actix_web::{dev::ServerHandle, web, App, HttpMessage, HttpServer};
 use secrecy::SecretString;
 use tenantry_catalog::{Catalog, Sealer};
 use tenantry_config::Settings;
@@ -155,12 +155,31 @@ impl AppState {
     }
 }
 
-/// The root span of every request: its id and, once known, its tenant.
+/// The root span of every request: its id, method, path and route, its status once
+/// answered, and its tenant once known. Built by hand rather than with
+/// `tracing_actix_web::root_span!`, which matches the route a second time and parses
+/// forwarding headers on every request; the route is recorded by [`metrics::record`],
+/// which matches it once for both.
 struct Spans;
 
 impl tracing_actix_web::RootSpanBuilder for Spans {
     fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
-        tracing_actix_web::root_span!(request, tenant = tracing::field::Empty)
+        let request_id = request
+            .extensions()
+            .get::<tracing_actix_web::RequestId>()
+            .copied();
+        tracing::info_span!(
+            "request",
+            request_id = request_id.map(tracing::field::display),
+            http.method = %request.method(),
+            http.target = %request.path(),
+            http.route = tracing::field::Empty,
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+        )
     }
 
     fn on_request_end<B: actix_web::body::MessageBody>(

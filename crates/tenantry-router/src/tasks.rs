@@ -167,13 +167,20 @@ async fn create(
                 "INSERT INTO tasks (user_id, agent, title, input, cost_cents, idempotency_key)
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TASK_COLUMNS}"
             ),
-            &[&ctx.user, &agent.as_str(), &title, &body.input, &cost, &key],
+            &[
+                &ctx.user(),
+                &agent.as_str(),
+                &title,
+                &body.input,
+                &cost,
+                &key,
+            ],
         )
         .await
         .map_err(db_error)?;
     tx.execute(
         "INSERT INTO usage_logs (user_id, action, cost) VALUES ($1, 'task.create', $2)",
-        &[&ctx.user, &cost],
+        &[&ctx.user(), &cost],
     )
     .await
     .map_err(db_error)?;

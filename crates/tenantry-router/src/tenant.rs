@@ -51,7 +51,7 @@ impl RateLimits {
 /// What a tenant handler works with.
 pub struct TenantCtx {
     pub route: Arc<Route>,
-    pub user: String,
+    claims: Arc<crate::auth::Claims>,
     state: web::Data<AppState>,
 }
 
@@ -121,9 +121,14 @@ impl TenantCtx {
         }
         Ok(Self {
             route,
-            user: auth.claims.sub,
+            claims: auth.claims,
             state,
         })
+    }
+
+    /// The token's subject: the user the request acts for.
+    pub fn user(&self) -> &str {
+        &self.claims.sub
     }
 
     /// A connection to the tenant's own database, as the tenant's own role.

@@ -1,0 +1,74 @@
+//! What the migration runner needs from the provisioner: admin connections to tenant
+//! databases, and template databases brought to the templates' new files.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tenantry_migrate::runner::Connector;
+
+use crate::server::{connect, ServerRow};
+use crate::{ProvisionError, Provisioner};
+
+/// Opens the runner's dedicated admin connections; each server's row (its password
+/// opened) is read once.
+pub struct FleetConnector {
+    provisioner: Provisioner,
+    servers: DashMap<i64, ServerRow>,
+}
+
+impl Connector for FleetConnector {
+    async fn connect(
+        &self,
+        server: i64,
+        database: &str,
+        options: &str,
+    ) -> Result<tokio_postgres::Client, String> {
+        let row = match self.servers.get(&server) {
+            Some(row) => row.clone(),
+            None => {
+                let row = self
+                    .provisioner
+                    .server_by_id(server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.servers.insert(server, row.clone());
+                row
+            }
+        };
+        let mut config = row.config(database);
+        config.application_name("tenantry-migrate").options(options);
+        connect(&config, &row.name).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Provisioner {
+    /// A connector for [`tenantry_migrate::runner::run`].
+    pub fn fleet_connector(&self) -> Arc<FleetConnector> {
+        Arc::new(FleetConnector {
+            provisioner: self.clone(),
+            servers: DashMap::new(),
+        })
+    }
+
+    /// Builds, on every server, the template databases of `templates` at their current
+    /// files (a no-op where they exist), so tenants created from now on are born at the
+    /// latest version. A server that cannot be reached is passed over (its tenants fail
+    /// in the run, and its template is built at its next create); a template whose files
+    /// fail to apply to an empty database is an error: the run must not start.
+    pub async fn refresh_templates(&self, templates: &[String]) -> Result<(), ProvisionError> {
+        let servers = self.all_servers().await?;
+        for name in templates {
+            let template = self.load_template(name)?;
+            for server in &servers {
+                match self.ensure_template(server, &template).await {
+                    Ok(_) => {}
+                    Err(e @ ProvisionError::ServerUnavailable { .. }) => {
+                        tracing::warn!(server = %server.name, error = %e, "template not refreshed");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
