@@ -974,3 +974,52 @@ async fn shutdown_drains_requests_in_flight() {
     let (status, _, stderr) = r.process.wait(Duration::from_secs(30));
     assert!(status.success(), "{stderr}");
 }
+
+/// The budget this router gives server `s1`, from its `/metrics`.
+async fn budget(base: &str) -> Option<i64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("tenantry_server_connections{") && l.contains("kind=\"budget\""))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits until `base`'s budget for the server is `want`.
+async fn wait_for_budget(base: &str, want: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = budget(base).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "budget {now:?}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
+    let d = Deployment::new().await;
+    d.catalog()
+        .await
+        .execute("UPDATE servers SET max_connections = 60", &[])
+        .await
+        .unwrap();
+    let beat = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
+    let one = d.serve(&beat).await;
+    // Alone: 60 / (1 live + 1 spare share).
+    wait_for_budget(&one.base, 30, Duration::from_secs(5)).await;
+    let two = d.serve(&beat).await;
+    wait_for_budget(&one.base, 20, Duration::from_secs(5)).await;
+    wait_for_budget(&two.base, 20, Duration::from_secs(5)).await;
+    // Killed: no goodbye; its heartbeat goes stale (3 beats) and the living re-split.
+    two.process.signal("KILL");
+    wait_for_budget(&one.base, 30, Duration::from_secs(8)).await;
+}

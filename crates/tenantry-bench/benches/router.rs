@@ -42,6 +42,9 @@ struct Run {
     failed: usize,
     peak: i64,
     wall: Duration,
+    /// Router connections opened, and idle ones evicted, in the measured time.
+    opened: u64,
+    evicted: u64,
 }
 
 impl Run {
@@ -50,6 +53,8 @@ impl Run {
         self.failed += other.failed;
         self.peak = self.peak.max(other.peak);
         self.wall += other.wall;
+        self.opened += other.opened;
+        self.evicted += other.evicted;
     }
 
     fn summary(&self, name: &str) -> Summary {
@@ -63,6 +68,7 @@ async fn load(
     requests: Arc<Vec<(String, String)>>,
     pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
     pg: &TestCluster,
+    churn: &(dyn Fn() -> (u64, u64) + Sync),
 ) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
@@ -131,6 +137,8 @@ async fn load(
             })
         })
         .collect();
+    tokio::time::sleep_until(started.into()).await;
+    let churn_before = churn();
     let mut samples = Vec::new();
     let mut failed = 0;
     let mut reasons: Vec<String> = Vec::new();
@@ -149,12 +157,15 @@ async fn load(
     }
     let wall = Instant::now().saturating_duration_since(started);
     stop.store(true, Ordering::Relaxed);
+    let churn_after = churn();
     let peak = sampler.await.unwrap();
     Run {
         samples,
         failed,
         peak,
         wall,
+        opened: churn_after.0 - churn_before.0,
+        evicted: churn_after.1 - churn_before.1,
     }
 }
 
@@ -377,7 +388,6 @@ async fn run() -> Report {
     // machine (autovacuum visiting the new databases, say) weighs on both alike.
     let mut base = Run::default();
     let mut one = Run::default();
-    let before_one = churn();
     for _ in 0..ROUNDS {
         base.add(
             load(
@@ -386,6 +396,7 @@ async fn run() -> Report {
                 base_requests.clone(),
                 Arc::new(|_| 0),
                 &pg,
+                &|| (0, 0),
             )
             .await,
         );
@@ -396,21 +407,21 @@ async fn run() -> Report {
                 requests.clone(),
                 Arc::new(|_| 0),
                 &pg,
+                &churn,
             )
             .await,
         );
     }
     baseline_handle.stop(true).await;
-    let before_hundred = churn();
     let hundred = load(
         "tenantry: 100 tenants, uniform",
         RUN,
         requests.clone(),
         Arc::new(|i| (i * 37) % 100),
         &pg,
+        &churn,
     )
     .await;
-    let after_hundred = churn();
     catalog
         .client()
         .await
@@ -421,19 +432,15 @@ async fn run() -> Report {
     // The next heartbeat (every second here) shrinks the budget to 64, and the idle
     // connections of the earlier scenarios close (idle timeout 2 s here).
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let before_thousand = churn();
     let thousand = load(
         "tenantry: 1,000 tenants, Zipf 1.1, budget 64",
         RUN,
         requests.clone(),
         zipf(TENANTS),
         &pg,
+        &churn,
     )
     .await;
-
-    let after_thousand = churn();
-    let delta =
-        |a: (u64, u64), b: (u64, u64)| format!("{} opened, {} evicted", b.0 - a.0, b.1 - a.1);
 
     // The resolution path on a cache hit, without HTTP.
     let mut hits = Vec::with_capacity(100_000);
@@ -466,10 +473,9 @@ async fn run() -> Report {
             base.peak, one.peak, hundred.peak, thousand.peak
         ),
         format!(
-            "router connections opened and evicted in each scenario, warm-up included: 1 tenant {}; 100 tenants {}; 1,000 Zipf {}",
-            delta(before_one, before_hundred),
-            delta(before_hundred, after_hundred),
-            delta(before_thousand, after_thousand)
+            "router connections opened / idle ones evicted in the measured time: 1 tenant {} / {}; 100 tenants {} / {}; 1,000 Zipf {} / {} ({:.0}% of its requests opened one)",
+            one.opened, one.evicted, hundred.opened, hundred.evicted, thousand.opened, thousand.evicted,
+            100.0 * thousand.opened as f64 / thousand.samples.len().max(1) as f64
         ),
         format!(
             "cache-hit resolution: p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs over 100,000 calls",
