@@ -84,6 +84,12 @@ pub struct Budget {
     /// Connections opened and idle connections closed to make room, since start.
     opened: AtomicU64,
     evicted: AtomicU64,
+    /// Requests waiting for a permit, and evicted connections whose permits are still
+    /// to come back (the server has not closed them yet): a waiter evicts only while
+    /// there are fewer of the latter than of the former, so a slow close does not make
+    /// it evict a second tenant (who would then evict a third, and so on).
+    waiting: AtomicUsize,
+    evicting: AtomicUsize,
 }
 
 impl Budget {
@@ -95,6 +101,8 @@ impl Budget {
             open: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            evicting: AtomicUsize::new(0),
         }
     }
 
@@ -138,6 +146,10 @@ impl Drop for Slot {
             return;
         };
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
+        let _ = self
+            .budget
+            .evicting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         let owed = self
             .budget
             .debt
@@ -198,16 +210,34 @@ pub struct Manager {
 
 impl Manager {
     /// A permit of the server's budget: a free one; else close an idle connection of
-    /// another tenant on this server and wait a moment for a permit; again, until the
-    /// deadline.
+    /// another tenant on this server (unless enough closes are already on their way for
+    /// everyone waiting) and wait a moment for a permit; again, until the deadline.
     async fn permit(&self) -> Result<Slot, ConnError> {
         let deadline = tokio::time::Instant::now() + self.wait;
+        if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
+            return Ok(self.slot(p));
+        }
+        let budget = &self.budget;
+        budget.waiting.fetch_add(1, Ordering::SeqCst);
+        struct Waiting<'a>(&'a Budget);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _waiting = Waiting(budget);
         let permit = loop {
             if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
                 break p;
             }
-            if let Some(pools) = self.pools.upgrade() {
-                pools.evict_one_idle(self.server, self.tenant);
+            let short =
+                budget.evicting.load(Ordering::SeqCst) < budget.waiting.load(Ordering::SeqCst);
+            if short {
+                if let Some(pools) = self.pools.upgrade() {
+                    if pools.evict_one_idle(self.server, self.tenant) {
+                        budget.evicting.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -220,12 +250,16 @@ impl Manager {
                 break p;
             }
         };
+        Ok(self.slot(permit))
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
         self.budget.open.fetch_add(1, Ordering::SeqCst);
         self.budget.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot {
+        Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
-        })
+        }
     }
 
     async fn connect(
@@ -324,7 +358,8 @@ impl Inner {
     /// Closes one idle connection of another pool on `server`: from a pool with more
     /// than one idle connection if there is one (every tenant keeps a warm connection
     /// as long as the budget allows), else from the least recently used pool.
-    fn evict_one_idle(&self, server: i64, except: Uuid) {
+    /// Whether a connection was closed.
+    fn evict_one_idle(&self, server: i64, except: Uuid) -> bool {
         let mut victim: Option<((bool, u64), Pool)> = None;
         for entry in self.pools.iter() {
             let idle = entry.pool.status().available;
@@ -350,7 +385,9 @@ impl Inner {
                     false
                 }
             });
+            return taken;
         }
+        false
     }
 }
 
