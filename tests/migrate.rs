@@ -593,3 +593,45 @@ async fn a_migration_that_waits_for_a_lock_is_retried_with_backoff() {
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tenants_own_functions_never_run_as_the_admin_during_a_migration() {
+    let f = Fleet::new(2).await;
+    let row =
+        f.d.catalog()
+            .await
+            .query_one(
+                "SELECT id, database_name, role_name FROM tenants WHERE slug = 't001'",
+                &[],
+            )
+            .await
+            .unwrap();
+    let (id, database, role): (uuid::Uuid, String, String) = (row.get(0), row.get(1), row.get(2));
+    // The tenant plants a function that an unqualified call from the admin's session
+    // would pick (int4 matches hashtext()'s result exactly; pg_catalog's takes int8).
+    let tenant = f.d.connect_tenant(id, &database).await.unwrap();
+    tenant
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.pg_try_advisory_lock(integer) RETURNS boolean
+               LANGUAGE sql AS $$ ALTER ROLE {role} SUPERUSER; SELECT true $$"
+        ))
+        .await
+        .unwrap();
+    f.write("V2__tags.sql", "ALTER TABLE tasks ADD COLUMN tags text[];");
+    f.migrate(&[], 0);
+    let superuser: bool =
+        f.d.pg
+            .connect("postgres")
+            .await
+            .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(
+        !superuser,
+        "the tenant's function ran with the admin's rights"
+    );
+    for (slug, versions) in f.histories().await {
+        assert_eq!(versions, [1, 2], "{slug}");
+    }
+}

@@ -289,6 +289,7 @@ pub async fn run<C: Connector>(
         record: record.is_some(),
         reports: Vec::new(),
         seen: HashSet::new(),
+        targets: HashMap::new(),
         total: 0,
         failures: 0,
         halted: None,
@@ -344,8 +345,9 @@ pub async fn run<C: Connector>(
     }
     // What never started.
     let done: HashSet<&str> = run.reports.iter().map(|r| r.slug.as_str()).collect();
-    let skipped: Vec<TenantReport> = pending
-        .iter()
+    let skipped: Vec<TenantReport> = run
+        .targets
+        .values()
         .filter(|t| !done.contains(t.slug.as_str()))
         .map(|t| TenantReport {
             slug: t.slug.clone(),
@@ -379,7 +381,11 @@ pub async fn run<C: Connector>(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     if let Some(record) = record {
-        record.close(&report).await?;
+        // The tenants' own results are already in the catalog; the report must not be
+        // lost because the run's row could not be closed.
+        if let Err(e) = record.close(&report).await {
+            tracing::warn!(run = %run_id, error = %e, "could not close the run's catalog record");
+        }
     }
     Ok(report)
 }
@@ -476,7 +482,7 @@ impl RunRecord {
         self.client
             .execute(
                 "UPDATE migration_run_tenants SET status = 'skipped', finished_at = now()
-                 WHERE run_id = $1 AND status = 'pending'",
+                 WHERE run_id = $1 AND status IN ('pending', 'running')",
                 &[&self.run_id],
             )
             .await?;
@@ -499,6 +505,8 @@ struct Run<C> {
     record: bool,
     reports: Vec<TenantReport>,
     seen: HashSet<Uuid>,
+    /// Every tenant added to the run, by id.
+    targets: HashMap<Uuid, Target>,
     total: usize,
     failures: usize,
     halted: Option<String>,
@@ -513,8 +521,9 @@ enum Attempt {
     },
     /// Another runner holds the tenant's lock: come back later.
     Busy,
-    /// A statement waited longer than `lock_timeout`: retry with backoff.
-    LockTimeout(String),
+    /// A statement waited longer than `lock_timeout`: retry with backoff. `to` is how far
+    /// the tenant got before (each file commits on its own).
+    LockTimeout { from: i32, to: i32, error: String },
     Failed {
         from: Option<i32>,
         to: Option<i32>,
@@ -522,8 +531,12 @@ enum Attempt {
     },
 }
 
+#[derive(Clone)]
 struct Queued {
     target: Target,
+    /// The version before this run's first attempt, and the files applied so far.
+    from: Option<i32>,
+    applied: Vec<String>,
     not_before: Instant,
     attempts: u32,
     busy_since: Option<Instant>,
@@ -540,7 +553,10 @@ impl<C: Connector> Run<C> {
         let ids: Vec<Uuid> = targets
             .iter()
             .filter(|t| self.seen.insert(t.id))
-            .map(|t| t.id)
+            .map(|t| {
+                self.targets.insert(t.id, t.clone());
+                t.id
+            })
             .collect();
         if ids.is_empty() {
             return Ok(());
@@ -579,6 +595,8 @@ impl<C: Connector> Run<C> {
             .into_iter()
             .map(|target| Queued {
                 target,
+                from: None,
+                applied: Vec::new(),
                 not_before: now,
                 attempts: 0,
                 busy_since: None,
@@ -587,6 +605,7 @@ impl<C: Connector> Run<C> {
             .collect();
         let mut per_server: HashMap<i64, usize> = HashMap::new();
         let mut running: JoinSet<(Queued, Attempt)> = JoinSet::new();
+        let mut inflight: HashMap<tokio::task::Id, Queued> = HashMap::new();
         loop {
             // Start what may start.
             while self.halted.is_none() && running.len() < self.opts.concurrency {
@@ -606,11 +625,13 @@ impl<C: Connector> Run<C> {
                 if self.record && q.attempts == 0 && q.busy_since.is_none() {
                     let _ = self.mark(&q.target, "running", None, None, 0, None).await;
                 }
-                running.spawn(async move {
+                let snapshot = q.clone();
+                let handle = running.spawn(async move {
                     let attempt =
                         migrate_one(connector.as_ref(), &q.target, &template, &opts).await;
                     (q, attempt)
                 });
+                inflight.insert(handle.id(), snapshot);
             }
             if running.is_empty() {
                 if self.halted.is_some() || queue.is_empty() {
@@ -625,18 +646,43 @@ impl<C: Connector> Run<C> {
                 tokio::time::sleep_until(wake.into()).await;
                 continue;
             }
-            let next = queue.iter().map(|q| q.not_before).min();
-            let joined = match next {
-                Some(wake) if self.halted.is_none() => {
-                    match tokio::time::timeout_at(wake.into(), running.join_next()).await {
+            // Wait for a tenant to finish, or for a waiting one that could start to be due.
+            let startable = |q: &&Queued| {
+                per_server.get(&q.target.server_id).copied().unwrap_or(0) < self.opts.per_server
+            };
+            let wake = (self.halted.is_none() && running.len() < self.opts.concurrency)
+                .then(|| queue.iter().filter(startable).map(|q| q.not_before).min())
+                .flatten();
+            let joined = match wake {
+                Some(wake) => {
+                    match tokio::time::timeout_at(wake.into(), running.join_next_with_id()).await {
                         Ok(j) => j,
                         Err(_) => continue,
                     }
                 }
-                _ => running.join_next().await,
+                None => running.join_next_with_id().await,
             };
-            let Some(Ok((mut q, attempt))) = joined else {
-                continue;
+            let (mut q, attempt) = match joined {
+                Some(Ok((id, done))) => {
+                    inflight.remove(&id);
+                    done
+                }
+                Some(Err(e)) => {
+                    // The task panicked: the tenant failed; nothing else is lost.
+                    let Some(q) = inflight.remove(&e.id()) else {
+                        continue;
+                    };
+                    tracing::error!(tenant = %q.target.slug, error = %e, "a migration task panicked");
+                    (
+                        q,
+                        Attempt::Failed {
+                            from: None,
+                            to: None,
+                            error: "the runner failed on this tenant (a bug); see its log".into(),
+                        },
+                    )
+                }
+                None => continue,
             };
             if let Some(n) = per_server.get_mut(&q.target.server_id) {
                 *n = n.saturating_sub(1);
@@ -649,37 +695,43 @@ impl<C: Connector> Run<C> {
                         queue.push_back(q);
                         continue;
                     }
+                    let from = q.from;
                     self.finish(
                         &q,
-                        None,
-                        None,
-                        Vec::new(),
+                        from,
+                        from,
                         Some(format!(
                             "another runner held the tenant's migration lock for {} s",
                             waited.as_secs()
                         )),
                     )
                 }
-                Attempt::LockTimeout(error) if q.attempts < self.opts.lock_retries => {
-                    q.attempts += 1;
-                    let backoff = Duration::from_millis(250 * 2u64.pow(q.attempts.min(6)));
-                    tracing::info!(tenant = %q.target.slug, attempt = q.attempts, ?backoff, %error, "lock timeout; retrying");
-                    q.not_before = Instant::now() + backoff;
-                    queue.push_back(q);
-                    continue;
+                Attempt::LockTimeout { from, to, error } => {
+                    q.from.get_or_insert(from);
+                    if q.attempts < self.opts.lock_retries {
+                        q.attempts += 1;
+                        let backoff = Duration::from_millis(250 * 2u64.pow(q.attempts.min(6)));
+                        tracing::info!(tenant = %q.target.slug, attempt = q.attempts, ?backoff, %error, "lock timeout; retrying");
+                        q.not_before = Instant::now() + backoff;
+                        queue.push_back(q);
+                        continue;
+                    }
+                    let from = q.from;
+                    self.finish(
+                        &q,
+                        from,
+                        Some(to),
+                        Some(format!("{error} (after {} retries)", q.attempts)),
+                    )
                 }
-                Attempt::LockTimeout(error) => self.finish(
-                    &q,
-                    None,
-                    None,
-                    Vec::new(),
-                    Some(format!("{error} (after {} retries)", q.attempts)),
-                ),
                 Attempt::Failed { from, to, error } => {
-                    self.finish(&q, from, to, Vec::new(), Some(error))
+                    let from = q.from.or(from);
+                    self.finish(&q, from, to.or(from), Some(error))
                 }
                 Attempt::Done { from, to, applied } => {
-                    self.finish(&q, Some(from), Some(to), applied, None)
+                    q.applied.extend(applied);
+                    let from = q.from.unwrap_or(from);
+                    self.finish(&q, Some(from), Some(to), None)
                 }
             };
             let report = self.record_result(&q.target, report).await;
@@ -713,7 +765,6 @@ impl<C: Connector> Run<C> {
         q: &Queued,
         from: Option<i32>,
         to: Option<i32>,
-        applied: Vec<String>,
         error: Option<String>,
     ) -> TenantReport {
         TenantReport {
@@ -725,7 +776,7 @@ impl<C: Connector> Run<C> {
             error,
             template: q.target.template.clone(),
             server: q.target.server.clone(),
-            applied,
+            applied: q.applied.clone(),
         }
     }
 
@@ -745,6 +796,7 @@ impl<C: Connector> Run<C> {
                         &[&target.id, &to],
                     )
                     .await?;
+                drop(client);
                 if report.status == "ok" {
                     history::record(&self.catalog, &self.templates[&target.template], to).await?;
                 }
@@ -837,8 +889,10 @@ async fn migrate_one<C: Connector>(
     };
     let database = TenantId(target.id).database_name();
     let role = TenantId(target.id).role_name();
+    // search_path pg_catalog until the role is the tenant's: the database is the
+    // tenant's, and a function it defines in `public` must never run as the admin.
     let options = format!(
-        "-c lock_timeout={} -c statement_timeout={}",
+        "-c search_path=pg_catalog -c lock_timeout={} -c statement_timeout={}",
         opts.lock_timeout.as_millis().max(1),
         opts.statement_timeout.as_millis().max(1)
     );
@@ -850,7 +904,10 @@ async fn migrate_one<C: Connector>(
         Err(e) => return failed(None, format!("cannot connect to the tenant database: {e}")),
     };
     match client
-        .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&TENANT_LOCK])
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1::text))",
+            &[&TENANT_LOCK],
+        )
         .await
     {
         Ok(row) if row.get::<_, bool>(0) => {}
@@ -862,7 +919,12 @@ async fn migrate_one<C: Connector>(
             )
         }
     }
-    if let Err(e) = client.batch_execute(&format!("SET ROLE {role}")).await {
+    if let Err(e) = client
+        .batch_execute(&format!(
+            "SET ROLE {role}; SET search_path = \"$user\", public"
+        ))
+        .await
+    {
         return failed(
             None,
             format!("cannot act as the tenant's role: {}", pg_error(&e)),
@@ -950,7 +1012,11 @@ async fn migrate_one<C: Connector>(
                 .and_then(|pg| pg.code())
                 .is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE)
             {
-                return Attempt::LockTimeout(message);
+                return Attempt::LockTimeout {
+                    from,
+                    to: reached,
+                    error: message,
+                };
             }
             Attempt::Failed {
                 from: Some(from),

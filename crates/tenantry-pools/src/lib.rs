@@ -12,7 +12,7 @@
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,8 @@ impl Budget {
 struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     budget: Arc<Budget>,
+    /// Set when the connection was closed to make room (counted in `Budget::evicting`).
+    evicted: Arc<AtomicBool>,
 }
 
 impl Drop for Slot {
@@ -146,10 +148,12 @@ impl Drop for Slot {
             return;
         };
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
-        let _ = self
-            .budget
-            .evicting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if self.evicted.load(Ordering::SeqCst) {
+            let _ = self
+                .budget
+                .evicting
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
         let owed = self
             .budget
             .debt
@@ -166,6 +170,8 @@ impl Drop for Slot {
 pub struct Conn {
     client: deadpool_postgres::ClientWrapper,
     dirty: bool,
+    /// Shared with the connection's [`Slot`].
+    evicted: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -234,9 +240,7 @@ impl Manager {
                 budget.evicting.load(Ordering::SeqCst) < budget.waiting.load(Ordering::SeqCst);
             if short {
                 if let Some(pools) = self.pools.upgrade() {
-                    if pools.evict_one_idle(self.server, self.tenant) {
-                        budget.evicting.fetch_add(1, Ordering::SeqCst);
-                    }
+                    pools.evict_one_idle(self.server, self.tenant);
                 }
             }
             let now = tokio::time::Instant::now();
@@ -259,6 +263,7 @@ impl Manager {
         Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
+            evicted: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -288,6 +293,7 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Conn, ConnError> {
         let slot = self.permit().await?;
+        let evicted = slot.evicted.clone();
         let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| ConnError::Timeout)??;
@@ -306,6 +312,7 @@ impl managed::Manager for Manager {
         Ok(Conn {
             client: deadpool_postgres::ClientWrapper::new(client, noop),
             dirty: false,
+            evicted,
         })
     }
 
@@ -377,13 +384,17 @@ impl Inner {
                 budget.evicted.fetch_add(1, Ordering::Relaxed);
             }
             let mut taken = false;
-            pool.retain(|_, _| {
+            pool.retain(|conn, _| {
                 if taken {
-                    true
-                } else {
-                    taken = true;
-                    false
+                    return true;
                 }
+                taken = true;
+                // Counted before the connection goes, so its close cannot come first.
+                conn.evicted.store(true, Ordering::SeqCst);
+                if let Some(budget) = self.budgets.get(&server) {
+                    budget.evicting.fetch_add(1, Ordering::SeqCst);
+                }
+                false
             });
             return taken;
         }
@@ -456,29 +467,44 @@ impl Pools {
     }
 
     fn pool_for(&self, target: &Target) -> Result<Pool, PoolError> {
+        use dashmap::mapref::entry::Entry as Slot;
         let now = self.inner.now_ms();
-        // Clone the pool out: no map guard is held across an await.
+        // Clone the pool out: no map guard is held across an await. A request that read
+        // an older route uses the newer pool (never replaces it).
         if let Some(entry) = self.inner.pools.get(&target.tenant) {
-            if entry.generation == target.generation {
+            if entry.generation >= target.generation {
                 entry.last_used.store(now, Ordering::Relaxed);
                 return Ok(entry.pool.clone());
             }
         }
-        let pool = self.build(target)?;
-        let old = self.inner.pools.insert(
-            target.tenant,
-            Entry {
-                pool: pool.clone(),
-                generation: target.generation,
-                server: target.server,
-                last_used: Arc::new(AtomicU64::new(now)),
-                plan_size: target.max_size.max(1),
-            },
-        );
-        if let Some(old) = old {
+        // Sized and built with no guard held (sizing reads the map).
+        let size = self.fair_size(target.server, target.max_size.max(1));
+        let built = self.build(target, size)?;
+        let entry = Entry {
+            pool: built.clone(),
+            generation: target.generation,
+            server: target.server,
+            last_used: Arc::new(AtomicU64::new(now)),
+            plan_size: target.max_size.max(1),
+        };
+        let (pool, replaced, inserted) = match self.inner.pools.entry(target.tenant) {
+            // Another first request built one meanwhile: share it (ours was never used).
+            Slot::Occupied(e) if e.get().generation >= target.generation => {
+                e.get().last_used.store(now, Ordering::Relaxed);
+                (e.get().pool.clone(), None, false)
+            }
+            Slot::Occupied(mut e) => (built, Some(e.insert(entry)), true),
+            Slot::Vacant(e) => {
+                e.insert(entry);
+                (built, None, true)
+            }
+        };
+        if let Some(old) = replaced {
             old.pool.close();
         }
-        self.shrink_to_fair(target.server);
+        if inserted {
+            self.shrink_to_fair(target.server);
+        }
         Ok(pool)
     }
 
@@ -494,7 +520,7 @@ impl Pools {
         }
     }
 
-    fn build(&self, target: &Target) -> Result<Pool, PoolError> {
+    fn build(&self, target: &Target, max_size: usize) -> Result<Pool, PoolError> {
         let c = &self.inner.config;
         let mut pg = tokio_postgres::Config::new();
         pg.dbname(&target.database)
@@ -513,7 +539,7 @@ impl Pools {
             wait: c.wait_timeout,
         };
         managed::Pool::builder(manager)
-            .max_size(self.fair_size(target.server, target.max_size.max(1)))
+            .max_size(max_size)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(c.wait_timeout))
             .create_timeout(Some(c.wait_timeout + c.connect_timeout))

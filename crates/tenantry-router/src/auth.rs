@@ -114,10 +114,13 @@ fn now_s() -> u64 {
 
 /// The time checks of a token verified earlier.
 fn still_valid(claims: &Claims, now: u64) -> Result<(), Rejection> {
-    if claims.exp + LEEWAY_S <= now {
+    if claims.exp.saturating_add(LEEWAY_S) <= now {
         return Err(Rejection::Expired);
     }
-    if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_S) {
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_S))
+    {
         return Err(Rejection::NotYetValid);
     }
     Ok(())
