@@ -635,3 +635,53 @@ async fn a_tenants_own_functions_never_run_as_the_admin_during_a_migration() {
         assert_eq!(versions, [1, 2], "{slug}");
     }
 }
+
+#[tokio::test]
+async fn a_signal_stops_the_run_after_the_tenants_in_progress() {
+    let f = Fleet::new(TENANTS).await;
+    f.write(
+        "V2__slow_tags.sql",
+        "SELECT pg_sleep(0.05); ALTER TABLE tasks ADD COLUMN tags text[];",
+    );
+    let run = Running::spawn(f.d.cmd(&f.args(&[
+        "--output",
+        "json",
+        "migrate",
+        "run",
+        "--concurrency",
+        "2",
+    ])));
+    let catalog = f.d.catalog().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while catalog
+        .query_one("SELECT count(*) FROM tenants WHERE schema_version = 2", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 6
+    {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.signal("TERM");
+    let (status, stdout, stderr) = run.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["cancelled"], true, "{report}");
+    assert_eq!(report["summary"]["failed"], 0);
+    let skipped = report["summary"]["skipped"].as_u64().unwrap();
+    assert!(skipped > 0, "{report}");
+    // Every tenant it started, it finished; none is half-migrated.
+    let at_two = f.tenants().await.iter().filter(|t| t.1 == 2).count() as u64;
+    assert_eq!(at_two, report["summary"]["ok"].as_u64().unwrap());
+    let state: String = catalog
+        .query_one("SELECT state FROM migration_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "cancelled");
+    f.migrate(&[], 0);
+    for (slug, versions) in f.histories().await {
+        assert_eq!(versions, [1, 2], "{slug}");
+    }
+}

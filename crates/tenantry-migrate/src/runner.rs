@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,10 @@ pub struct RunOptions {
     #[serde(skip)]
     pub creating_wait: Duration,
     pub started_by: String,
+    /// Set (by a signal handler, say) to stop starting tenants: those in progress
+    /// finish, the rest are skipped, and the run is recorded `cancelled`.
+    #[serde(skip)]
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Default for RunOptions {
@@ -88,6 +93,7 @@ impl Default for RunOptions {
             lock_retries: 5,
             creating_wait: Duration::from_secs(60),
             started_by: String::new(),
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct RunReport {
     pub dry_run: bool,
     /// Why the run stopped early, if it did.
     pub halted: Option<String>,
+    /// Stopped by `RunOptions::cancel`.
+    pub cancelled: bool,
     pub latest: HashMap<String, i32>,
     pub summary: Summary,
     pub tenants: Vec<TenantReport>,
@@ -191,6 +199,9 @@ struct Target {
     server: String,
     version: i32,
 }
+
+const CANCELLED: &str =
+    "stopped by a signal: the tenants in progress finished, no other was started";
 
 /// The advisory lock key every runner takes in a tenant database.
 const TENANT_LOCK: &str = "tenantry-migrate";
@@ -375,6 +386,7 @@ pub async fn run<C: Connector>(
         run_id,
         dry_run: run.opts.dry_run,
         halted: run.halted.clone(),
+        cancelled: run.halted.as_deref() == Some(CANCELLED),
         latest,
         summary,
         tenants: reports,
@@ -467,7 +479,9 @@ impl RunRecord {
     }
 
     async fn close(self, report: &RunReport) -> Result<(), RunError> {
-        let state = if report.succeeded() {
+        let state = if report.cancelled {
+            "cancelled"
+        } else if report.succeeded() {
             "finished"
         } else {
             "failed"
@@ -608,6 +622,9 @@ impl<C: Connector> Run<C> {
         let mut inflight: HashMap<tokio::task::Id, Queued> = HashMap::new();
         loop {
             // Start what may start.
+            if self.halted.is_none() && self.opts.cancel.load(Ordering::SeqCst) {
+                self.halted = Some(CANCELLED.into());
+            }
             while self.halted.is_none() && running.len() < self.opts.concurrency {
                 let now = Instant::now();
                 let Some(i) = queue.iter().position(|q| {

@@ -205,6 +205,30 @@ async fn migrate_run(
             bar.inc(1);
         }
     };
+    // SIGINT or SIGTERM (a CI job's timeout, an operator's Ctrl-C): stop starting
+    // tenants, let those in progress finish, report; a second signal quits at once.
+    let cancel = opts.cancel.clone();
+    let signals = tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n > 0 {
+                eprintln!("stopping now; the next run finishes what this one left");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "stopping: the tenants in progress finish, no other starts (again to quit now)"
+            );
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     let report = runner::run(
         catalog,
         &dir,
@@ -217,6 +241,7 @@ async fn migrate_run(
         RunError::BadInput(_) | RunError::Template(_) => CliError::usage(e),
         RunError::Catalog(_) => CliError::failed(e),
     })?;
+    signals.abort();
     bar.finish_and_clear();
     if let Some(path) = &args.junit {
         std::fs::write(path, junit(&report)).map_err(|e| {
