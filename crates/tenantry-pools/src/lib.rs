@@ -340,6 +340,8 @@ struct Entry {
     generation: i64,
     server: i64,
     last_used: Arc<AtomicU64>,
+    /// Requests lately: counted on every use, halved at every reap (a decaying count).
+    uses: AtomicU64,
     /// The plan's pool size: the most this pool may grow to.
     plan_size: usize,
 }
@@ -364,17 +366,24 @@ impl Inner {
 
     /// Closes one idle connection of another pool on `server`: from a pool with more
     /// than one idle connection if there is one (every tenant keeps a warm connection
-    /// as long as the budget allows), else from the least recently used pool.
+    /// as long as the budget allows), else from the pool used least lately (its
+    /// decaying use count, then its last use): under skewed traffic the popular tenants
+    /// keep their connections and the rarely seen ones make room for each other.
     /// Whether a connection was closed.
     fn evict_one_idle(&self, server: i64, except: Uuid) -> bool {
-        let mut victim: Option<((bool, u64), Pool)> = None;
+        let mut victim: Option<((bool, u64, u64), Pool)> = None;
         for entry in self.pools.iter() {
             let idle = entry.pool.status().available;
             if entry.server != server || *entry.key() == except || idle == 0 {
                 continue;
             }
-            // Lower ranks first: spare idle connections before last ones, older before newer.
-            let rank = (idle < 2, entry.last_used.load(Ordering::Relaxed));
+            // Lower ranks first: spare idle connections before last ones, then the
+            // least used lately, then the least recently used.
+            let rank = (
+                idle < 2,
+                entry.uses.load(Ordering::Relaxed),
+                entry.last_used.load(Ordering::Relaxed),
+            );
             if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
                 victim = Some((rank, entry.pool.clone()));
             }
@@ -474,6 +483,7 @@ impl Pools {
         if let Some(entry) = self.inner.pools.get(&target.tenant) {
             if entry.generation >= target.generation {
                 entry.last_used.store(now, Ordering::Relaxed);
+                entry.uses.fetch_add(1, Ordering::Relaxed);
                 return Ok(entry.pool.clone());
             }
         }
@@ -485,12 +495,14 @@ impl Pools {
             generation: target.generation,
             server: target.server,
             last_used: Arc::new(AtomicU64::new(now)),
+            uses: AtomicU64::new(1),
             plan_size: target.max_size.max(1),
         };
         let (pool, replaced, inserted) = match self.inner.pools.entry(target.tenant) {
             // Another first request built one meanwhile: share it (ours was never used).
             Slot::Occupied(e) if e.get().generation >= target.generation => {
                 e.get().last_used.store(now, Ordering::Relaxed);
+                e.get().uses.fetch_add(1, Ordering::Relaxed);
                 (e.get().pool.clone(), None, false)
             }
             Slot::Occupied(mut e) => (built, Some(e.insert(entry)), true),
@@ -570,6 +582,9 @@ impl Pools {
         }
         for entry in self.inner.pools.iter() {
             entry.pool.retain(|_, m| m.last_used() < c.idle_timeout);
+            let _ = entry
+                .uses
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2));
             // Keep every pool to its fair share of its server's budget.
             let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
             let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);

@@ -150,3 +150,48 @@ async fn sessions_leave_no_state_and_a_dead_database_is_unavailable() {
         Ok(_) => panic!("a stopped server gave a connection"),
     }
 }
+
+/// Which tenant roles hold a router connection now.
+async fn holders(pg: &TestCluster) -> Vec<String> {
+    let admin = pg.connect("postgres").await;
+    let mut users: Vec<String> = admin
+        .query(
+            "SELECT usename::text FROM pg_stat_activity WHERE application_name = 'tenantry-router'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn under_pressure_the_rarely_used_tenant_makes_room_not_the_busy_one() {
+    let pg = TestCluster::start();
+    let targets = tenants(&pg, 3).await;
+    let pools = Pools::new(config(), 2);
+    // r0 is busy (many requests), r1 was seen once, but more recently.
+    for _ in 0..20 {
+        let c = pools.get(&targets[0]).await.unwrap();
+        c.query_one("SELECT 1", &[]).await.unwrap();
+    }
+    let c = pools.get(&targets[1]).await.unwrap();
+    c.query_one("SELECT 1", &[]).await.unwrap();
+    drop(c);
+    assert_eq!(holders(&pg).await, ["r0", "r1"]);
+    // The budget (2) is spent: a third tenant takes r1's idle connection, not r0's.
+    let c = pools.get(&targets[2]).await.unwrap();
+    c.query_one("SELECT 1", &[]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while holders(&pg).await != ["r0", "r2"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            holders(&pg).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
