@@ -685,3 +685,45 @@ async fn a_signal_stops_the_run_after_the_tenants_in_progress() {
         assert_eq!(versions, [1, 2], "{slug}");
     }
 }
+
+#[tokio::test]
+async fn a_file_that_fails_on_an_empty_database_stops_the_run_before_any_tenant() {
+    let f = Fleet::new(4).await;
+    let templates_before: i64 =
+        f.d.catalog()
+            .await
+            .query_one("SELECT count(*) FROM template_databases", &[])
+            .await
+            .unwrap()
+            .get(0);
+    f.write(
+        "V2__broken.sql",
+        "ALTER TABLE no_such_table ADD COLUMN x int;",
+    );
+    let out = f.d.run(&f.args(&["migrate", "run"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no tenant was migrated") && stderr.contains("no_such_table"),
+        "{stderr}"
+    );
+    for (slug, versions) in f.histories().await {
+        assert_eq!(versions, [1], "{slug}");
+    }
+    let catalog = f.d.catalog().await;
+    let templates_after: i64 = catalog
+        .query_one("SELECT count(*) FROM template_databases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        templates_after, templates_before,
+        "no template of the broken files"
+    );
+    let runs: i64 = catalog
+        .query_one("SELECT count(*) FROM migration_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 0);
+}

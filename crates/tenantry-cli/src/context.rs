@@ -1,6 +1,5 @@
 //! What the provisioning commands share: the catalog URL, the sealer, the provisioner.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,10 +42,7 @@ pub fn sealer(settings: &Settings) -> Result<Sealer, CliError> {
 }
 
 /// A provisioner over the configured catalog, which must be reachable and migrated.
-pub async fn provisioner(
-    settings: &Settings,
-    templates: Option<PathBuf>,
-) -> Result<Provisioner, CliError> {
+pub async fn provisioner(settings: &Settings) -> Result<Provisioner, CliError> {
     let url = catalog_url(settings)?;
     let catalog = Catalog::new(
         &url,
@@ -62,19 +58,12 @@ pub async fn provisioner(
             )))
         }
     }
-    provisioner_over(settings, &catalog, templates)
+    provisioner_over(settings, &catalog)
 }
 
 /// A provisioner over a catalog already opened (and migrated) by the caller.
-pub fn provisioner_over(
-    settings: &Settings,
-    catalog: &Catalog,
-    templates: Option<PathBuf>,
-) -> Result<Provisioner, CliError> {
-    let mut opts = ProvisionOptions::from_settings(settings);
-    if let Some(dir) = templates {
-        opts.templates_dir = dir;
-    }
+pub fn provisioner_over(settings: &Settings, catalog: &Catalog) -> Result<Provisioner, CliError> {
+    let opts = ProvisionOptions::from_settings(settings);
     Ok(Provisioner::new(catalog.clone(), sealer(settings)?, opts)?)
 }
 

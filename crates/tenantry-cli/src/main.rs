@@ -67,12 +67,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match tenantry_config::load(&tenantry_config::LoadOptions::from_process(
+    let mut settings = match tenantry_config::load(&tenantry_config::LoadOptions::from_process(
         cli.config.clone(),
     )) {
         Ok(s) => s,
         Err(e) => return CliError::usage(e).report(),
     };
+    // --templates overrides templates.dir for every command (serve and dev included).
+    if let Some(dir) = cli.templates.clone() {
+        settings.templates.dir = dir;
+    }
     if let Err(e) = logging::init(&settings) {
         return CliError::usage(e).report();
     }
@@ -91,16 +95,10 @@ fn main() -> ExitCode {
             Command::Serve(opts) => commands::serve::run(opts, settings).await,
             Command::Catalog(cmd) => commands::catalog::run(cmd, settings, cli.output).await,
             Command::Server(cmd) => commands::server::run(cmd, settings, cli.output).await,
-            Command::Tenant(cmd) => {
-                commands::tenant::run(cmd, settings, cli.output, cli.templates).await
-            }
+            Command::Tenant(cmd) => commands::tenant::run(cmd, settings, cli.output).await,
             Command::Token(cmd) => commands::token::run(cmd, settings, cli.output),
-            Command::Migrate(cmd) => {
-                commands::migrate::run(cmd, settings, cli.output, cli.templates).await
-            }
-            Command::Reconcile(opts) => {
-                commands::reconcile::run(opts, settings, cli.output, cli.templates).await
-            }
+            Command::Migrate(cmd) => commands::migrate::run(cmd, settings, cli.output).await,
+            Command::Reconcile(opts) => commands::reconcile::run(opts, settings, cli.output).await,
         }
     });
     // Do not wait for lingering blocking tasks (a connection attempt, say) at exit.

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::history::{self, HistoryError};
-use crate::template::Applied;
+use crate::template::{pg_error, refinery_cause, Applied};
 use crate::{Template, TemplateError};
 
 /// What a failure does to the rest of the run.
@@ -82,7 +82,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            per_server: 4,
+            per_server: 8,
             canary: 0,
             on_error: OnError::Halt,
             max_failures: None,
@@ -297,11 +297,10 @@ pub async fn run<C: Connector>(
         opts: Arc::new(opts),
         templates,
         run_id,
-        record: record.is_some(),
+        cancelled: false,
         reports: Vec::new(),
-        seen: HashSet::new(),
         targets: HashMap::new(),
-        total: 0,
+        recorded: HashSet::new(),
         failures: 0,
         halted: None,
     };
@@ -325,7 +324,7 @@ pub async fn run<C: Connector>(
         }
     }
     if run.halted.is_none() {
-        run.execute(rest.clone(), progress).await;
+        run.execute(rest, progress).await;
     }
     // Tenants created (or restored) while the run went: never left behind.
     if run.halted.is_none() && run.opts.tenants.is_empty() && !run.opts.dry_run {
@@ -337,7 +336,7 @@ pub async fn run<C: Connector>(
                 .filter(|t| {
                     run.templates.contains_key(&t.template)
                         && behind(t)
-                        && !run.seen.contains(&t.id)
+                        && !run.targets.contains_key(&t.id)
                 })
                 .collect();
             let creating = being_created(catalog, &run.templates).await?;
@@ -386,7 +385,7 @@ pub async fn run<C: Connector>(
         run_id,
         dry_run: run.opts.dry_run,
         halted: run.halted.clone(),
-        cancelled: run.halted.as_deref() == Some(CANCELLED),
+        cancelled: run.cancelled,
         latest,
         summary,
         tenants: reports,
@@ -516,12 +515,13 @@ struct Run<C> {
     opts: Arc<RunOptions>,
     templates: HashMap<String, Arc<Template>>,
     run_id: Uuid,
-    record: bool,
+    /// A signal stopped the run.
+    cancelled: bool,
     reports: Vec<TenantReport>,
-    seen: HashSet<Uuid>,
     /// Every tenant added to the run, by id.
     targets: HashMap<Uuid, Target>,
-    total: usize,
+    /// (template, version) pairs already written to `applied_migrations` by this run.
+    recorded: HashSet<(String, i32)>,
     failures: usize,
     halted: Option<String>,
 }
@@ -566,18 +566,14 @@ impl<C: Connector> Run<C> {
     ) -> Result<(), RunError> {
         let ids: Vec<Uuid> = targets
             .iter()
-            .filter(|t| self.seen.insert(t.id))
-            .map(|t| {
-                self.targets.insert(t.id, t.clone());
-                t.id
-            })
+            .filter(|t| self.targets.insert(t.id, (*t).clone()).is_none())
+            .map(|t| t.id)
             .collect();
         if ids.is_empty() {
             return Ok(());
         }
-        self.total += ids.len();
-        progress(Progress::Total(self.total));
-        if self.record {
+        progress(Progress::Total(self.targets.len()));
+        if !self.opts.dry_run {
             let from: Vec<i32> = targets
                 .iter()
                 .filter(|t| ids.contains(&t.id))
@@ -624,6 +620,7 @@ impl<C: Connector> Run<C> {
             // Start what may start.
             if self.halted.is_none() && self.opts.cancel.load(Ordering::SeqCst) {
                 self.halted = Some(CANCELLED.into());
+                self.cancelled = true;
             }
             while self.halted.is_none() && running.len() < self.opts.concurrency {
                 let now = Instant::now();
@@ -639,11 +636,16 @@ impl<C: Connector> Run<C> {
                 q.started.get_or_insert(now);
                 let template = self.templates[&q.target.template].clone();
                 let (connector, opts) = (self.connector.clone(), self.opts.clone());
-                if self.record && q.attempts == 0 && q.busy_since.is_none() {
-                    let _ = self.mark(&q.target, "running", None, None, 0, None).await;
-                }
+                // The run's row says `running` (written by the task, off this loop).
+                let mark = (!self.opts.dry_run && q.attempts == 0 && q.busy_since.is_none())
+                    .then(|| (self.catalog.clone(), self.run_id));
                 let snapshot = q.clone();
                 let handle = running.spawn(async move {
+                    if let Some((catalog, run_id)) = mark {
+                        if let Err(e) = mark_running(&catalog, run_id, q.target.id).await {
+                            tracing::warn!(tenant = %q.target.slug, error = %e, "could not mark the tenant running");
+                        }
+                    }
                     let attempt =
                         migrate_one(connector.as_ref(), &q.target, &template, &opts).await;
                     (q, attempt)
@@ -797,101 +799,68 @@ impl<C: Connector> Run<C> {
         }
     }
 
-    /// Writes a tenant's result to the catalog: its version first (what routers and the
-    /// next run rely on), then the run's row and the record of applied files.
+    /// Writes a tenant's result to the catalog in one statement: its version (what
+    /// routers and the next run rely on) and the run's row; then, once per template and
+    /// version in a run, the record of applied files.
     async fn record_result(&mut self, target: &Target, report: TenantReport) -> TenantReport {
-        if !self.record {
+        if self.opts.dry_run {
             return report;
         }
         let write = async {
-            let client = self.catalog.client().await?;
-            if let Some(to) = report.to_version {
-                client
-                    .execute(
-                        "UPDATE tenants SET schema_version = $2, updated_at = now()
-                         WHERE id = $1 AND schema_version <> $2",
-                        &[&target.id, &to],
-                    )
-                    .await?;
-                drop(client);
-                if report.status == "ok" {
+            self.catalog
+                .client()
+                .await?
+                .execute(
+                    "WITH version AS (
+                         UPDATE tenants SET schema_version = $3, updated_at = now()
+                         WHERE id = $2 AND $3::int IS NOT NULL AND schema_version <> $3
+                     )
+                     UPDATE migration_run_tenants SET status = $4,
+                         from_version = coalesce($5, from_version), to_version = $3,
+                         duration_ms = $6, error = $7, finished_at = now()
+                     WHERE run_id = $1 AND tenant_id = $2",
+                    &[
+                        &self.run_id,
+                        &target.id,
+                        &report.to_version,
+                        &report.status,
+                        &report.from_version,
+                        &(report.duration_ms as i64),
+                        &report.error,
+                    ],
+                )
+                .await?;
+            if let (Some(to), "ok") = (report.to_version, report.status.as_str()) {
+                let key = (target.template.clone(), to);
+                if !self.recorded.contains(&key) {
                     history::record(&self.catalog, &self.templates[&target.template], to).await?;
+                    self.recorded.insert(key);
                 }
             }
             Ok::<_, RunError>(())
         };
         if let Err(e) = write.await {
-            tracing::warn!(tenant = %target.slug, error = %e, "could not record the tenant's new version");
+            tracing::warn!(tenant = %target.slug, error = %e, "could not record the tenant's result");
         }
-        let _ = self
-            .mark(
-                target,
-                &report.status,
-                report.from_version,
-                report.to_version,
-                report.duration_ms,
-                report.error.as_deref(),
-            )
-            .await;
         report
     }
+}
 
-    async fn mark(
-        &self,
-        target: &Target,
-        status: &str,
-        from: Option<i32>,
-        to: Option<i32>,
-        duration_ms: u64,
-        error: Option<&str>,
-    ) -> Result<(), RunError> {
-        let finished = status != "running";
-        self.catalog
-            .client()
-            .await?
-            .execute(
-                "UPDATE migration_run_tenants SET status = $3,
-                    from_version = coalesce($4, from_version), to_version = $5,
-                    duration_ms = $6, error = $7,
-                    finished_at = CASE WHEN $8 THEN now() END
-                 WHERE run_id = $1 AND tenant_id = $2",
-                &[
-                    &self.run_id,
-                    &target.id,
-                    &status,
-                    &from,
-                    &to,
-                    &(duration_ms as i64),
-                    &error,
-                    &finished,
-                ],
-            )
-            .await?;
-        Ok(())
-    }
+/// The run's row of a tenant being migrated now.
+async fn mark_running(catalog: &Catalog, run_id: Uuid, tenant: Uuid) -> Result<(), RunError> {
+    catalog
+        .client()
+        .await?
+        .execute(
+            "UPDATE migration_run_tenants SET status = 'running' WHERE run_id = $1 AND tenant_id = $2",
+            &[&run_id, &tenant],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The SQLSTATE of a statement that gave up waiting for a lock.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
-
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
-/// Finds the PostgreSQL error under a refinery error.
-fn refinery_cause(e: &refinery::Error) -> Option<&tokio_postgres::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(pg) = s.downcast_ref::<tokio_postgres::Error>() {
-            return Some(pg);
-        }
-        source = s.source();
-    }
-    None
-}
 
 async fn migrate_one<C: Connector>(
     connector: &C,
@@ -1014,17 +983,7 @@ async fn migrate_one<C: Connector>(
                 .unwrap_or(from)
                 .max(from);
             let cause = refinery_cause(&e);
-            let message = match cause {
-                Some(pg) => {
-                    let file = template
-                        .pending_after(reached)
-                        .next()
-                        .map(|f| f.name.clone())
-                        .unwrap_or_default();
-                    format!("{file}: {}", pg_error(pg))
-                }
-                None => e.to_string(),
-            };
+            let message = template.describe_failure(&e, reached);
             if cause
                 .and_then(|pg| pg.code())
                 .is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE)

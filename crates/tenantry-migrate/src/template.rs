@@ -28,6 +28,14 @@ pub enum TemplateError {
     Missing { file: PathBuf, dir: PathBuf },
 }
 
+impl TemplateError {
+    /// The files or the name are wrong (the caller must fix them: exit 2, HTTP 4xx),
+    /// rather than applying them failed.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::Apply { .. })
+    }
+}
+
 /// A migration as applied somewhere: its version, name and refinery checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -217,19 +225,37 @@ impl Template {
             .set_abort_missing(true))
     }
 
+    /// What went wrong applying the files after version `reached`: the file and
+    /// PostgreSQL's own message (refinery's text says only "db error").
+    pub fn describe_failure(&self, e: &refinery::Error, reached: i32) -> String {
+        match refinery_cause(e) {
+            Some(pg) => {
+                let file = self
+                    .pending_after(reached)
+                    .next()
+                    .map(|f| f.name.as_str())
+                    .unwrap_or_default();
+                format!("{file}: {}", pg_error(pg))
+            }
+            None => e.to_string(),
+        }
+    }
+
     /// Applies what `client`'s database lacks; returns the names applied.
     pub async fn apply(
         &self,
         client: &mut tokio_postgres::Client,
     ) -> Result<Vec<String>, TemplateError> {
-        let report = self
-            .runner()?
-            .run_async(client)
-            .await
-            .map_err(|e| TemplateError::Apply {
+        let report = self.runner()?.run_async(client).await.map_err(|e| {
+            let reached = e
+                .report()
+                .and_then(|r| r.applied_migrations().iter().map(|m| m.version()).max())
+                .unwrap_or(0);
+            TemplateError::Apply {
                 name: self.name.clone(),
-                reason: e.to_string(),
-            })?;
+                reason: self.describe_failure(&e, reached),
+            }
+        })?;
         Ok(report
             .applied_migrations()
             .iter()
@@ -252,6 +278,27 @@ fn parse_stem(stem: &str) -> Option<(i32, &str)> {
     let (number, label) = rest.split_once("__")?;
     let version = number.parse::<i32>().ok().filter(|v| *v > 0)?;
     (!label.is_empty()).then_some((version, label))
+}
+
+/// The server's message (`describe_pg_error`) with its SQLSTATE, for the report.
+pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
+    let text = tenantry_catalog::describe_pg_error(e);
+    match e.code() {
+        Some(code) => format!("{text} (SQLSTATE {})", code.code()),
+        None => text,
+    }
+}
+
+/// Finds the PostgreSQL error under a refinery error.
+pub(crate) fn refinery_cause(e: &refinery::Error) -> Option<&tokio_postgres::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(pg) = s.downcast_ref::<tokio_postgres::Error>() {
+            return Some(pg);
+        }
+        source = s.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //!   TEMP`, …) before its next use, so no session state passes from one request to the next.
 //! * A **budget per server**: every connection of every tenant pool on a server holds a
 //!   permit of that server's semaphore. When the budget is spent, an idle connection of
-//!   the least recently used other pool on the server is closed to make room; if none
-//!   is idle, the request waits up to the wait deadline and then fails as
+//!   the other pool on the server used least lately (a decaying use count, then the
+//!   last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.

@@ -68,12 +68,7 @@ impl ProvisionError {
             Self::BadInput(_) => ErrorKind::BadInput,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
-            Self::Template(
-                TemplateError::NotFound { .. }
-                | TemplateError::BadName(_)
-                | TemplateError::Divergent { .. }
-                | TemplateError::Missing { .. },
-            ) => ErrorKind::BadInput,
+            Self::Template(e) if e.is_bad_input() => ErrorKind::BadInput,
             Self::NoCapacity(_) | Self::ServerUnavailable { .. } => ErrorKind::Unavailable,
             Self::Catalog(CatalogError::Unreachable(_)) => ErrorKind::Unavailable,
             _ => ErrorKind::Failed,

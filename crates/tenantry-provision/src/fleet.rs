@@ -61,7 +61,7 @@ impl Provisioner {
             let template = self.load_template(name)?;
             for server in &servers {
                 match self.ensure_template(server, &template).await {
-                    Ok(_) => {}
+                    Ok(_) => self.drop_stale_templates(server, &template).await,
                     Err(e @ ProvisionError::ServerUnavailable { .. }) => {
                         tracing::warn!(server = %server.name, error = %e, "template not refreshed");
                     }

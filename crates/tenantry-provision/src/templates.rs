@@ -50,12 +50,17 @@ impl Provisioner {
                 version: row.get(0),
             });
         }
+        // Not held through the build: other creators wait on the build lock, and the
+        // steps below take connections of their own.
+        drop(catalog);
         // Files that changed or vanished after they were applied somewhere build nothing.
         tenantry_migrate::history::verify(&self.catalog, template).await?;
         self.build_template(server, template, &database).await?;
         let version = template.latest_version();
         tenantry_migrate::history::record(&self.catalog, template, version).await?;
-        catalog
+        self.catalog
+            .client()
+            .await?
             .execute(
                 "INSERT INTO template_databases (server_id, template, checksum, version, database_name)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -137,10 +142,10 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Template databases of older content: dropped ten minutes after they were
-    /// replaced (a creator that chose one just before may still be cloning it), and
-    /// only when nothing is connected to them.
-    async fn drop_stale_templates(&self, server: &ServerRow, template: &Template) {
+    /// Template databases of older content: dropped once ten minutes old (a creator
+    /// that chose one just before may still be cloning it), and only when nothing is
+    /// connected to them. Run after a template is built, and by every `migrate run`.
+    pub(crate) async fn drop_stale_templates(&self, server: &ServerRow, template: &Template) {
         let Ok(catalog) = self.catalog.client().await else {
             return;
         };

@@ -105,11 +105,11 @@ pub(crate) async fn record(
     let route = route_label(response.request());
     tracing::Span::current().record("http.route", route.as_str());
     if let Some(state) = state {
-        let status = response.status().as_u16().to_string();
+        let status = response.status();
         state
             .metrics
             .requests
-            .with_label_values(&[&route, &status])
+            .with_label_values(&[route.as_str(), status.as_str()])
             .inc();
         state
             .metrics
@@ -179,6 +179,8 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .query("SELECT state, count(*) FROM tenants GROUP BY state", &[])
             .await
         {
+            // A state that no tenant is in any more must read 0, not its last count.
+            m.tenants.reset();
             for r in rows {
                 m.tenants
                     .with_label_values(&[&r.get::<_, String>(0)])

@@ -188,21 +188,21 @@ impl Resolver {
     }
 
     /// Listens for tenant changes on the catalog until the task is aborted: each
-    /// notification drops that slug; a lost connection is made again with backoff, and
-    /// everything cached is dropped then. (A changed tenant's pool is replaced when its
+    /// notification drops that slug; a lost connection is made again with backoff (reset
+    /// once listening again), and everything cached is dropped once it listens again
+    /// (until then, cached routes keep serving within their TTL). (A changed tenant's pool is replaced when its
     /// next request brings a route of a newer generation.)
     pub fn spawn_listener(self: &Arc<Self>, url: SecretString) -> tokio::task::JoinHandle<()> {
         let resolver = Arc::clone(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match listen(&resolver, &url).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tenant change listener lost the catalog; reconnecting");
-                    }
+                let mut listened = false;
+                let e = listen(&resolver, &url, &mut listened).await;
+                tracing::warn!(error = %e, "tenant change listener lost the catalog; reconnecting");
+                if listened {
+                    backoff = Duration::from_millis(100);
                 }
-                resolver.invalidate_all();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -210,18 +210,18 @@ impl Resolver {
     }
 }
 
-async fn listen(resolver: &Resolver, url: &SecretString) -> Result<(), String> {
+/// Listens until the connection ends; returns why. `listened` is set once LISTEN took.
+async fn listen(resolver: &Resolver, url: &SecretString, listened: &mut bool) -> String {
     use secrecy::ExposeSecret;
-    let mut config: tokio_postgres::Config = url
-        .expose_secret()
-        .parse()
-        .map_err(|_| "bad catalog URL".to_owned())?;
+    let Ok(mut config) = url.expose_secret().parse::<tokio_postgres::Config>() else {
+        return "bad catalog URL".to_owned();
+    };
     config.application_name("tenantry-router-listen");
     config.connect_timeout(Duration::from_secs(5));
-    let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (client, mut connection) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
@@ -236,15 +236,16 @@ async fn listen(resolver: &Resolver, url: &SecretString) -> Result<(), String> {
             }
         }
     });
-    client
-        .batch_execute("LISTEN tenantry_tenants")
-        .await
-        .map_err(|e| e.to_string())?;
+    if let Err(e) = client.batch_execute("LISTEN tenantry_tenants").await {
+        driver.abort();
+        return e.to_string();
+    }
+    *listened = true;
     // Anything may have changed while we were not listening.
     resolver.invalidate_all();
     while let Some(slug) = rx.recv().await {
         resolver.invalidate(&slug);
     }
     driver.abort();
-    Err("the catalog connection closed".into())
+    "the catalog connection closed".into()
 }

@@ -21,8 +21,40 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/usage", web::get().to(usage));
 }
 
-const TASK_COLUMNS: &str =
-    "id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at";
+/// The columns of a task, in the order `task()` reads them.
+macro_rules! task_columns {
+    () => {
+        "id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at"
+    };
+}
+
+// The statements are constants, prepared once per connection (`prepare_cached`).
+const BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
+const BY_KEY: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE idempotency_key = $1"
+);
+const INSERT: &str = concat!(
+    "INSERT INTO tasks (user_id, agent, title, input, cost_cents, idempotency_key)
+     VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+    task_columns!()
+);
+const PAGE: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks
+     WHERE ($1::text IS NULL OR status = $1)
+       AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+     ORDER BY created_at DESC, id DESC LIMIT $4"
+);
+const UPDATE: &str = concat!(
+    "UPDATE tasks SET status = coalesce($2, status),
+            output = CASE WHEN $3 THEN $4 ELSE output END,
+            updated_at = now()
+     WHERE id = $1 RETURNING ",
+    task_columns!()
+);
 const STATUSES: &[&str] = &["queued", "running", "done", "failed"];
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -130,13 +162,8 @@ async fn create(
             .map_err(db_error)?;
     }
     if let Some(key) = &key {
-        let existing = tx
-            .query_opt(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1"),
-                &[key],
-            )
-            .await
-            .map_err(db_error)?;
+        let st = tx.prepare_cached(BY_KEY).await.map_err(db_error)?;
+        let existing = tx.query_opt(&st, &[key]).await.map_err(db_error)?;
         if let Some(row) = existing {
             return Ok(HttpResponse::Ok().json(task(&row)));
         }
@@ -161,12 +188,10 @@ async fn create(
             ));
         }
     }
+    let st = tx.prepare_cached(INSERT).await.map_err(db_error)?;
     let row = tx
         .query_one(
-            &format!(
-                "INSERT INTO tasks (user_id, agent, title, input, cost_cents, idempotency_key)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TASK_COLUMNS}"
-            ),
+            &st,
             &[
                 &ctx.user(),
                 &agent.as_str(),
@@ -262,15 +287,7 @@ async fn list(
         None => None,
     };
     let conn = ctx.conn().await?;
-    let statement = conn
-        .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE ($1::text IS NULL OR status = $1)
-               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-             ORDER BY created_at DESC, id DESC LIMIT $4"
-        ))
-        .await
-        .map_err(db_error)?;
+    let statement = conn.prepare_cached(PAGE).await.map_err(db_error)?;
     let rows = conn
         .query(
             &statement,
@@ -317,10 +334,7 @@ async fn get(
     let id = task_id(&path)?;
     let ctx = TenantCtx::new(state, auth).await?;
     let conn = ctx.conn().await?;
-    let statement = conn
-        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
-        .await
-        .map_err(db_error)?;
+    let statement = conn.prepare_cached(BY_ID).await.map_err(db_error)?;
     let row = conn.query_opt(&statement, &[&id]).await.map_err(db_error)?;
     row.map(|r| HttpResponse::Ok().json(task(&r)))
         .ok_or_else(not_found)
@@ -364,16 +378,9 @@ async fn update(
     let conn = ctx.conn().await?;
     let set_output = body.output.is_some();
     let output = body.output.flatten();
+    let st = conn.prepare_cached(UPDATE).await.map_err(db_error)?;
     let row = conn
-        .query_opt(
-            &format!(
-                "UPDATE tasks SET status = coalesce($2, status),
-                        output = CASE WHEN $3 THEN $4 ELSE output END,
-                        updated_at = now()
-                 WHERE id = $1 RETURNING {TASK_COLUMNS}"
-            ),
-            &[&id, &body.status, &set_output, &output],
-        )
+        .query_opt(&st, &[&id, &body.status, &set_output, &output])
         .await
         .map_err(db_error)?;
     row.map(|r| HttpResponse::Ok().json(task(&r)))

@@ -88,7 +88,7 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
         .context("register the embedded cluster as server `local`")?;
     // Tenant roles on this cluster reach their own database, not the catalog or `postgres`.
     tenantry_catalog::revoke_public_connect(&admin_url, &catalog_db).await?;
-    let provisioner = crate::context::provisioner_over(settings, &catalog, None)?;
+    let provisioner = crate::context::provisioner_over(settings, &catalog)?;
     super::serve::reconcile_at_start(&provisioner).await;
 
     // A tenant to try things with, made on the first run and found on the next.

@@ -7,7 +7,6 @@ use tenantry_migrate::runner::{self, OnError, Progress, RunError, RunOptions, Ru
 
 use tenantry_config::Settings;
 use tenantry_migrate::fleet::{self, FleetError};
-use tenantry_migrate::TemplateError;
 
 use crate::exit::CliError;
 use crate::output::{table, Output};
@@ -60,26 +59,13 @@ pub struct RunArgs {
 
 fn fleet_error(e: FleetError) -> CliError {
     match e {
-        FleetError::Template(
-            e @ (TemplateError::NotFound { .. }
-            | TemplateError::BadName(_)
-            | TemplateError::BadFile { .. }
-            | TemplateError::Empty { .. }
-            | TemplateError::DuplicateVersion { .. }
-            | TemplateError::Divergent { .. }
-            | TemplateError::Missing { .. }),
-        ) => CliError::usage(e),
+        FleetError::Template(e) if e.is_bad_input() => CliError::usage(e),
         other => CliError::failed(other),
     }
 }
 
-pub async fn run(
-    cmd: Command,
-    settings: Settings,
-    output: Output,
-    templates: Option<PathBuf>,
-) -> Result<(), CliError> {
-    let provisioner = crate::context::provisioner(&settings, templates).await?;
+pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(), CliError> {
+    let provisioner = crate::context::provisioner(&settings).await?;
     let catalog = provisioner.catalog();
     let dir = provisioner.options().templates_dir.clone();
     match cmd {

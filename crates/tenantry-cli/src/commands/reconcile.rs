@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use tenantry_config::Settings;
 use tenantry_provision::{Orphan, ReconcileReport};
 
@@ -14,13 +12,8 @@ pub struct Opts {
 }
 
 /// Exit 0 when everything is consistent afterwards, 1 when orphans or errors remain.
-pub async fn run(
-    opts: Opts,
-    settings: Settings,
-    output: Output,
-    templates: Option<PathBuf>,
-) -> Result<(), CliError> {
-    let p = crate::context::provisioner(&settings, templates).await?;
+pub async fn run(opts: Opts, settings: Settings, output: Output) -> Result<(), CliError> {
+    let p = crate::context::provisioner(&settings).await?;
     let report = p.reconcile(opts.dry_run).await?;
     output.print(&report, || describe(&report));
     if report.is_clean() {

@@ -16,7 +16,7 @@ pub struct Opts {}
 pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
     let url = crate::context::catalog_url(&settings)?;
     let catalog = prepare_catalog(&url, &settings).await?;
-    let provisioner = crate::context::provisioner_over(&settings, &catalog, None)?;
+    let provisioner = crate::context::provisioner_over(&settings, &catalog)?;
     reconcile_at_start(&provisioner).await;
     serve_until_signal(&settings, catalog, url, provisioner, |addr| {
         tracing::info!(%addr, "router listening");

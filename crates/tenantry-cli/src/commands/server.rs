@@ -34,7 +34,7 @@ pub enum Command {
 }
 
 pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(), CliError> {
-    let p = crate::context::provisioner(&settings, None).await?;
+    let p = crate::context::provisioner(&settings).await?;
     let info = match cmd {
         Command::Add {
             name,

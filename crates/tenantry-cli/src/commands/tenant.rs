@@ -51,13 +51,8 @@ fn parse_state(s: &str) -> Result<TenantState, String> {
         .map_err(|e: tenantry_types::UnknownState| e.to_string())
 }
 
-pub async fn run(
-    cmd: Command,
-    settings: Settings,
-    output: Output,
-    templates: Option<PathBuf>,
-) -> Result<(), CliError> {
-    let p = crate::context::provisioner(&settings, templates).await?;
+pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(), CliError> {
+    let p = crate::context::provisioner(&settings).await?;
     let tenant = match cmd {
         Command::Create {
             slug,
