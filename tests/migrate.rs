@@ -523,7 +523,7 @@ async fn routers_learn_new_versions_and_hold_back_tenants_below_the_minimum() {
     // repository's templates, whose latest is 1: the tenants are past it.)
     let status: Value = http
         .get(format!("{}/admin/v1/migrations", router.base))
-        .bearer_auth(support::token("ops", Some("admin")))
+        .bearer_auth(support::admin_token())
         .send()
         .await
         .unwrap()

@@ -576,7 +576,7 @@ async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
             StatusCode::OK
         );
     }
-    let admin = bearer(&token("sleepy", Some("admin")));
+    let admin = bearer(&support::admin_token());
     let started = Instant::now();
     let resp = http
         .post(format!("{}/admin/v1/tenants/sleepy/suspend", one.base))

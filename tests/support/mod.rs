@@ -237,13 +237,17 @@ pub fn test_settings() -> tenantry_config::Settings {
     .unwrap()
 }
 
-/// A token for `tenant` signed with the test secret; `scope` e.g. `Some("admin")`.
-pub fn token(tenant: &str, scope: Option<&str>) -> String {
-    let s = test_settings();
-    let now = std::time::SystemTime::now()
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
+        .as_secs()
+}
+
+/// A token for `tenant` signed with the test secret: slug-only, issued now (`iat`).
+pub fn token(tenant: &str, scope: Option<&str>) -> String {
+    let s = test_settings();
+    let now = now_s();
     tenantry_router::auth::issue_hs256(
         s.auth.hs256_secret.as_ref().unwrap(),
         &tenantry_router::auth::Claims {
@@ -255,6 +259,29 @@ pub fn token(tenant: &str, scope: Option<&str>) -> String {
             nbf: None,
             iat: Some(now),
             scope: scope.map(str::to_owned),
+            tenant_id: None,
+        },
+    )
+    .unwrap()
+}
+
+/// An admin token (scope `admin`) signed with the test admin trust root (`auth.admin.*`).
+pub fn admin_token() -> String {
+    let s = test_settings();
+    let a = &s.auth.admin;
+    let now = now_s();
+    tenantry_router::auth::issue_hs256(
+        a.hs256_secret.as_ref().unwrap(),
+        &tenantry_router::auth::Claims {
+            sub: "operator".into(),
+            tenant: None,
+            exp: now + 600,
+            iss: a.issuer.clone(),
+            aud: a.audience.clone(),
+            nbf: None,
+            iat: Some(now),
+            scope: Some("admin".into()),
+            tenant_id: None,
         },
     )
     .unwrap()

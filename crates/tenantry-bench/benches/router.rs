@@ -372,6 +372,7 @@ async fn run() -> Report {
                 nbf: None,
                 iat: Some(now),
                 scope: None,
+                tenant_id: None,
             },
         )
         .unwrap();

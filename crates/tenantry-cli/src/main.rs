@@ -96,7 +96,7 @@ fn main() -> ExitCode {
             Command::Catalog(cmd) => commands::catalog::run(cmd, settings, cli.output).await,
             Command::Server(cmd) => commands::server::run(cmd, settings, cli.output).await,
             Command::Tenant(cmd) => commands::tenant::run(cmd, settings, cli.output).await,
-            Command::Token(cmd) => commands::token::run(cmd, settings, cli.output),
+            Command::Token(cmd) => commands::token::run(cmd, settings, cli.output).await,
             Command::Migrate(cmd) => commands::migrate::run(cmd, settings, cli.output).await,
             Command::Reconcile(opts) => commands::reconcile::run(opts, settings, cli.output).await,
         }

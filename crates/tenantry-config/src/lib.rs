@@ -7,7 +7,8 @@
 //! replaces the compiled-in one.
 //!
 //! Secrets ([`SecretString`]) print as `[REDACTED]`. Each can also come from a file
-//! (`catalog.url_file`, `auth.hs256_secret_file`, `secrets.master_key_file`). Outside
+//! (`catalog.url_file`, `auth.hs256_secret_file`, `auth.admin.hs256_secret_file`,
+//! `secrets.master_key_file`). Outside
 //! `dev` and `test`, a missing secret or one copied from the development files refuses
 //! to start.
 
@@ -15,9 +16,9 @@ mod settings;
 
 pub use secrecy::{ExposeSecret, SecretString};
 pub use settings::{
-    AuthSettings, CatalogSettings, CreateStrategy, DevSettings, HttpSettings, LogFormat,
-    LogSettings, MasterKey, PlanOverride, ProvisionSettings, RouterSettings, SecretsSettings,
-    Settings, TemplatesSettings,
+    AdminAuthSettings, AuthSettings, CatalogSettings, CreateStrategy, DevSettings, HttpSettings,
+    LogFormat, LogSettings, MasterKey, PlanOverride, ProvisionSettings, RouterSettings,
+    SecretsSettings, Settings, TemplatesSettings,
 };
 
 use std::collections::HashMap;
@@ -139,7 +140,7 @@ pub(crate) fn development_secrets() -> Vec<String> {
             text.lines().filter_map(|line| {
                 let (key, value) = line.split_once('=')?;
                 let key = key.trim();
-                (key == "hs256_secret" || key == "master_key")
+                matches!(key, "hs256_secret" | "master_key")
                     .then(|| value.trim().trim_matches('"').to_owned())
             })
         })

@@ -105,6 +105,39 @@ pub struct AuthSettings {
     /// `kid` → PEM public key.
     #[serde(default)]
     pub public_keys: BTreeMap<String, String>,
+    /// The admin API's own trust root: no tenant-side token is ever an admin token.
+    #[serde(default)]
+    pub admin: AdminAuthSettings,
+}
+
+/// `auth.admin.*`: who may sign admin tokens. Unset keys leave the admin API closed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminAuthSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub hs256_secret: Option<SecretString>,
+    pub hs256_secret_file: Option<PathBuf>,
+    pub public_keys: BTreeMap<String, String>,
+}
+
+impl Default for AdminAuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "tenantry-admin".into(),
+            audience: "tenantry-admin-api".into(),
+            hs256_secret: None,
+            hs256_secret_file: None,
+            public_keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl AdminAuthSettings {
+    /// Whether any admin key is configured (otherwise the admin API refuses every token).
+    pub fn is_configured(&self) -> bool {
+        self.hs256_secret.is_some() || !self.public_keys.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -267,6 +300,11 @@ impl Settings {
             "auth.hs256_secret",
         )?;
         resolve(
+            &mut self.auth.admin.hs256_secret,
+            &self.auth.admin.hs256_secret_file,
+            "auth.admin.hs256_secret",
+        )?;
+        resolve(
             &mut self.secrets.master_key,
             &self.secrets.master_key_file,
             "secrets.master_key",
@@ -314,6 +352,7 @@ impl Settings {
                 ));
             }
         }
+        self.validate_admin_auth()?;
         if let Some(key) = &self.secrets.master_key {
             decode_key(key.expose_secret())
                 .map_err(|p| ConfigError::invalid("secrets.master_key", p))?;
@@ -369,6 +408,59 @@ impl Settings {
         Ok(())
     }
 
+    /// The admin trust root is separate from the tenants': its own audience, its own
+    /// secret and keys, so that no token a tenant-side issuer signs can pass as an admin's.
+    fn validate_admin_auth(&self) -> Result<(), ConfigError> {
+        let (tenant, admin) = (&self.auth, &self.auth.admin);
+        for (key, value) in [
+            ("auth.admin.issuer", &admin.issuer),
+            ("auth.admin.audience", &admin.audience),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(key, "must not be empty"));
+            }
+        }
+        if admin.audience == tenant.audience {
+            return Err(ConfigError::invalid(
+                "auth.admin.audience",
+                "must differ from auth.audience: admin tokens and tenant tokens are for different audiences",
+            ));
+        }
+        if let Some(secret) = &admin.hs256_secret {
+            if secret.expose_secret().len() < 32 {
+                return Err(ConfigError::invalid(
+                    "auth.admin.hs256_secret",
+                    "must be at least 32 bytes; generate one with `openssl rand -base64 48`",
+                ));
+            }
+            if tenant
+                .hs256_secret
+                .as_ref()
+                .is_some_and(|t| t.expose_secret() == secret.expose_secret())
+            {
+                return Err(ConfigError::invalid(
+                    "auth.admin.hs256_secret",
+                    "must differ from auth.hs256_secret: whoever signs tenant tokens must not be able to sign admin tokens",
+                ));
+            }
+        }
+        for (kid, pem) in &admin.public_keys {
+            if kid.is_empty() || !pem.contains("-----BEGIN PUBLIC KEY-----") {
+                return Err(ConfigError::invalid(
+                    format!("auth.admin.public_keys.{kid}"),
+                    "must be a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                ));
+            }
+            if tenant.public_keys.values().any(|t| t.trim() == pem.trim()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.admin.public_keys.{kid}"),
+                    "is also a tenant token key (auth.public_keys): admin tokens need keys of their own",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Outside dev and test: every secret present, none of them a development one.
     fn validate_production(&self) -> Result<(), ConfigError> {
         let env = &self.env;
@@ -393,6 +485,7 @@ impl Settings {
         let dev = crate::development_secrets();
         for (key, secret) in [
             ("auth.hs256_secret", &self.auth.hs256_secret),
+            ("auth.admin.hs256_secret", &self.auth.admin.hs256_secret),
             ("secrets.master_key", &self.secrets.master_key),
         ] {
             if secret

@@ -208,3 +208,42 @@ fn production_refuses_development_secrets() {
     // dev accepts its own secrets.
     assert!(load(&opts("dev", &[])).is_ok());
 }
+
+#[test]
+fn the_admin_trust_root_is_its_own() {
+    // The test environment has one, apart from the tenants'.
+    let s = load(&opts("test", &[])).unwrap();
+    assert!(s.auth.admin.is_configured());
+    assert_ne!(s.auth.admin.audience, s.auth.audience);
+    // The same secret for both roots, or the same audience, is refused.
+    let same_secret = load(&opts(
+        "test",
+        &[(
+            "TENANTRY__AUTH__ADMIN__HS256_SECRET",
+            "test-only-insecure-hs256-secret-change-me-00",
+        )],
+    ))
+    .unwrap_err();
+    assert_eq!(invalid_key(same_secret), "auth.admin.hs256_secret");
+    let same_audience = load(&opts(
+        "test",
+        &[("TENANTRY__AUTH__ADMIN__AUDIENCE", "tenantry-api")],
+    ))
+    .unwrap_err();
+    assert_eq!(invalid_key(same_audience), "auth.admin.audience");
+    // Production refuses the development admin secret.
+    let e = load(&opts(
+        "production",
+        &[
+            ("TENANTRY__CATALOG__URL", "postgres://u:p@db/tenantry"),
+            ("TENANTRY__AUTH__HS256_SECRET", PROD_SECRET),
+            ("TENANTRY__SECRETS__MASTER_KEY", PROD_KEY),
+            (
+                "TENANTRY__AUTH__ADMIN__HS256_SECRET",
+                "dev-only-insecure-admin-hs256-secret-change-me",
+            ),
+        ],
+    ))
+    .unwrap_err();
+    assert_eq!(invalid_key(e), "auth.admin.hs256_secret");
+}

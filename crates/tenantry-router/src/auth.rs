@@ -29,9 +29,12 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
-    /// Space-separated scopes; `admin` opens the admin API.
+    /// Space-separated scopes; `admin` (on a token of the admin trust root) opens the admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The tenant's id: binds the token to one incarnation of the slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<uuid::Uuid>,
 }
 
 impl Claims {
@@ -39,6 +42,27 @@ impl Claims {
         self.scope
             .as_deref()
             .is_some_and(|s| s.split_whitespace().any(|x| x == wanted))
+    }
+
+    /// Whether the token may reach this incarnation of its slug: the tenant created at
+    /// `created_at_s` (Unix seconds, rounded down) with id `tenant`. A slug can be reused
+    /// after its tenant is deleted, and a token of the earlier tenant must never reach the
+    /// later one: a token names the tenant's id, or was issued (`iat`) no earlier than the
+    /// tenant's creation.
+    pub fn reaches(&self, tenant: uuid::Uuid, created_at_s: i64) -> Result<(), &'static str> {
+        match (self.tenant_id, self.iat) {
+            (Some(id), _) if id == tenant => Ok(()),
+            (Some(_), _) => Err(
+                "the token names another tenant id: it was issued for an earlier tenant with this slug; get a new token",
+            ),
+            (None, Some(iat)) if i64::try_from(iat).is_ok_and(|iat| iat >= created_at_s) => Ok(()),
+            (None, Some(_)) => Err(
+                "the token was issued before this tenant was created (for an earlier tenant with this slug); get a new token",
+            ),
+            (None, None) => Err(
+                "the token carries neither tenant_id nor iat, so it cannot be told apart from a token for an earlier tenant with this slug; get a new token",
+            ),
+        }
     }
 }
 
@@ -249,12 +273,9 @@ fn bearer(req: &HttpRequest) -> Result<&str, Rejection> {
     Ok(token)
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Arc<Claims>, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::internal(&"application state missing"))?;
-    let claims = state.auth.verify(bearer(req)?)?;
-    Ok(claims)
+fn app_state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal(&"application state missing"))
 }
 
 /// A request authenticated for the tenant API: a valid token naming a tenant.
@@ -269,7 +290,8 @@ impl FromRequest for TenantAuth {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(authenticate(req).and_then(|claims| {
+        let verified = app_state(req).and_then(|state| Ok(state.auth.verify(bearer(req)?)?));
+        ready(verified.and_then(|claims| {
             let tenant = claims
                 .tenant
                 .clone()
@@ -280,10 +302,41 @@ impl FromRequest for TenantAuth {
     }
 }
 
-/// A request authenticated for the admin API: a valid token with scope `admin`.
+/// A request authenticated for the admin API: a valid token of the admin trust root
+/// (`auth.admin.*`) with scope `admin`. A token of the tenants' trust root is refused
+/// (403) whatever its scope.
 #[derive(Debug, Clone)]
 pub struct AdminAuth {
     pub claims: Arc<Claims>,
+}
+
+fn admin(req: &HttpRequest) -> Result<AdminAuth, ApiError> {
+    let state = app_state(req)?;
+    let token = bearer(req)?;
+    let Some(admin) = state.admin_auth.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the admin API is closed: no admin token key is configured (auth.admin.hs256_secret or auth.admin.public_keys)",
+        ));
+    };
+    let claims = match admin.verify(token) {
+        Ok(claims) => claims,
+        // Said plainly, so that an operator who used the wrong key knows.
+        Err(_) if state.auth.verify(token).is_ok() => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this is a tenant token; the admin API takes only tokens of the admin trust root (auth.admin.*), whatever their scope",
+            ))
+        }
+        Err(rejection) => return Err(rejection.into()),
+    };
+    if !claims.has_scope("admin") {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the admin API needs a token with scope \"admin\"",
+        ));
+    }
+    Ok(AdminAuth { claims })
 }
 
 impl FromRequest for AdminAuth {
@@ -291,16 +344,7 @@ impl FromRequest for AdminAuth {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(authenticate(req).and_then(|claims| {
-            if claims.has_scope("admin") {
-                Ok(AdminAuth { claims })
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "the admin API needs a token with scope \"admin\"",
-                ))
-            }
-        }))
+        ready(admin(req))
     }
 }
 
@@ -327,7 +371,39 @@ mod tests {
             nbf: None,
             iat: Some(now()),
             scope: None,
+            tenant_id: None,
         }
+    }
+
+    #[test]
+    fn a_token_reaches_one_incarnation() {
+        let id = uuid::Uuid::now_v7();
+        let created = now() as i64;
+        let by_id = Claims {
+            tenant_id: Some(id),
+            iat: None,
+            ..claims()
+        };
+        assert!(by_id.reaches(id, created).is_ok());
+        assert!(by_id.reaches(uuid::Uuid::now_v7(), created).is_err());
+        // A slug-only token: its iat decides, to the second.
+        assert!(claims().reaches(id, created).is_ok());
+        let older = Claims {
+            iat: Some(created as u64 - 1),
+            ..claims()
+        };
+        assert!(older.reaches(id, created).is_err());
+        let undated = Claims {
+            iat: None,
+            ..claims()
+        };
+        assert!(undated.reaches(id, created).is_err());
+        // An id decides over an iat.
+        let both = Claims {
+            tenant_id: Some(uuid::Uuid::now_v7()),
+            ..claims()
+        };
+        assert!(both.reaches(id, created).is_err());
     }
 
     #[test]

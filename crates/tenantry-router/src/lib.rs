@@ -44,7 +44,10 @@ pub struct RouterOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    /// Tenant tokens (`auth.*`).
     pub auth: Arc<auth::Authenticator>,
+    /// Admin tokens (`auth.admin.*`); `None` when no admin key is configured.
+    pub admin_auth: Option<Arc<auth::Authenticator>>,
     pub resolver: Arc<resolve::Resolver>,
     pub pools: Pools,
     pub limits: Arc<tenant::RateLimits>,
@@ -95,6 +98,17 @@ impl AppState {
             settings.auth.hs256_secret.as_ref(),
             &settings.auth.public_keys,
         )?;
+        let a = &settings.auth.admin;
+        let admin_auth = if a.is_configured() {
+            Some(Arc::new(auth::Authenticator::new(
+                &a.issuer,
+                &a.audience,
+                a.hs256_secret.as_ref(),
+                &a.public_keys,
+            )?))
+        } else {
+            None
+        };
         let resolver = Arc::new(resolve::Resolver::new(
             catalog.clone(),
             sealer,
@@ -133,6 +147,7 @@ impl AppState {
         let state = Self {
             catalog: catalog.clone(),
             auth: Arc::new(auth),
+            admin_auth,
             resolver,
             pools,
             limits,

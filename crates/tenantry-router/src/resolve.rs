@@ -24,6 +24,8 @@ use uuid::Uuid;
 pub struct Route {
     pub tenant: Uuid,
     pub slug: String,
+    /// When this incarnation of the slug was created, in Unix seconds (rounded down).
+    pub created_at_s: i64,
     pub state: TenantState,
     pub generation: i64,
     pub schema_version: i32,
@@ -136,7 +138,7 @@ impl Resolver {
                 "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
                         t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
                         p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
-                        p.pool_size
+                        p.pool_size, floor(extract(epoch FROM t.created_at))::int8
                  FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
                  WHERE t.slug = $1 AND t.state <> 'deleted'",
             )
@@ -163,6 +165,7 @@ impl Resolver {
         Ok(Some(Route {
             tenant,
             slug: r.get(1),
+            created_at_s: r.get(18),
             state,
             generation: r.get(3),
             schema_version: r.get(4),

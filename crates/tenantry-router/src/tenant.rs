@@ -77,6 +77,11 @@ impl TenantCtx {
                     format!("tenant {:?} does not exist", auth.tenant),
                 )
             })?;
+        // Before anything about the tenant is told: a token of an earlier tenant with this
+        // slug learns nothing of the later one.
+        auth.claims
+            .reaches(route.tenant, route.created_at_s)
+            .map_err(|why| ApiError::new(ErrorCode::Unauthorized, why))?;
         match route.state {
             TenantState::Ready => {}
             TenantState::Suspended => {

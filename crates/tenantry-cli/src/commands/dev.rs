@@ -110,6 +110,7 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
     let token = super::token::issue(
         settings,
         "demo",
+        demo.id,
         "dev-user",
         None,
         Duration::from_secs(24 * 3600),
