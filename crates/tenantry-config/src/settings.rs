@@ -42,6 +42,8 @@ pub struct RouterSettings {
     pub min_schema_version: i32,
     pub sql_statement_timeout_ms: u64,
     pub sql_row_cap: usize,
+    /// The most result bytes one `/v1/sql` request brings back (then 422 `result_too_large`).
+    pub sql_max_result_bytes: usize,
 }
 
 /// `tenantry migrate run`'s defaults (its flags override the first two).
@@ -376,6 +378,12 @@ impl Settings {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if self.router.sql_max_result_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "router.sql_max_result_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.router.sql_row_cap == 0 {
             return Err(ConfigError::invalid(

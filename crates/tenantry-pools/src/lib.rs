@@ -35,6 +35,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Pools unused for this long are dropped.
     pub pool_idle_timeout: Duration,
+    /// Settings every tenant connection starts with (`-c name=value …`, libpq's
+    /// `options`): start-up options outrank the role's and the database's own defaults,
+    /// which a tenant can change, and `RESET` returns to them.
+    pub session_options: String,
 }
 
 /// Where and as whom a tenant's pool connects.
@@ -172,6 +176,8 @@ pub struct Conn {
     dirty: bool,
     /// Shared with the connection's [`Slot`].
     evicted: Arc<AtomicBool>,
+    /// Shared with the connection's stream.
+    reads: Arc<stream::ReadCap>,
 }
 
 impl Conn {
@@ -181,12 +187,28 @@ impl Conn {
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
+
+    /// Caps the bytes the connection may read from now on (`None`: no cap). Past the cap
+    /// the connection is closed, and [`Conn::reads_capped`] says so.
+    pub fn cap_reads(&self, bytes: Option<u64>) {
+        self.reads.set(bytes);
+    }
+
+    /// Whether the connection went past its read cap (and is closed).
+    pub fn reads_capped(&self) -> bool {
+        self.reads.tripped()
+    }
 }
 
 /// What cleaning runs: everything a session can keep, short of the prepared
 /// statements Tenantry itself caches.
+/// Prepared statements are not cleaned but counted: one the session prepared itself
+/// (`PREPARE`, `from_sql`) could take a name the driver will use, and one of ours that is
+/// gone (`DEALLOCATE`) would fail its next use, so either way the connection is closed.
 const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
+                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+                         SELECT count(*) FILTER (WHERE from_sql), count(*) FILTER (WHERE NOT from_sql) \
+                         FROM pg_prepared_statements;";
 
 impl std::ops::Deref for Conn {
     type Target = deadpool_postgres::ClientWrapper;
@@ -269,6 +291,7 @@ impl Manager {
 
     async fn connect(
         &self,
+        reads: &Arc<stream::ReadCap>,
     ) -> Result<
         (
             tokio_postgres::Client,
@@ -282,7 +305,10 @@ impl Manager {
         tcp.set_nodelay(true).map_err(ConnError::Connect)?;
         Ok(self
             .config
-            .connect_raw(stream::UntilClosed::new(tcp), tokio_postgres::NoTls)
+            .connect_raw(
+                stream::UntilClosed::new(tcp, reads.clone()),
+                tokio_postgres::NoTls,
+            )
             .await?)
     }
 }
@@ -294,7 +320,8 @@ impl managed::Manager for Manager {
     async fn create(&self) -> Result<Conn, ConnError> {
         let slot = self.permit().await?;
         let evicted = slot.evicted.clone();
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect())
+        let reads = Arc::new(stream::ReadCap::default());
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect(&reads))
             .await
             .map_err(|_| ConnError::Timeout)??;
         // The task drives the connection and holds the permit until the server has
@@ -313,18 +340,38 @@ impl managed::Manager for Manager {
             client: deadpool_postgres::ClientWrapper::new(client, noop),
             dirty: false,
             evicted,
+            reads,
         })
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnError> {
-        if conn.client.is_closed() {
+        if conn.client.is_closed() || conn.reads.tripped() {
             return Err(RecycleError::message("connection closed"));
         }
+        // A request that ended early (its client went away) may have left a cap set.
+        conn.reads.set(None);
         if conn.dirty {
-            conn.client
+            let messages = conn
+                .client
                 .simple_query(CLEAN_SQL)
                 .await
                 .map_err(|e| RecycleError::Backend(ConnError::Pg(e)))?;
+            let counts = messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).and_then(|v| v.parse::<usize>().ok()),
+                    r.get(1).and_then(|v| v.parse::<usize>().ok()),
+                )),
+                _ => None,
+            });
+            let ours = conn.client.statement_cache.size();
+            match counts {
+                Some((Some(0), Some(n))) if n >= ours => {}
+                _ => {
+                    return Err(RecycleError::message(
+                        "the session's prepared statements were changed",
+                    ))
+                }
+            }
             conn.dirty = false;
         }
         Ok(())
@@ -539,6 +586,9 @@ impl Pools {
             .user(&target.user)
             .password(target.password.expose_secret())
             .application_name("tenantry-router");
+        if !c.session_options.is_empty() {
+            pg.options(&c.session_options);
+        }
         let manager = Manager {
             config: pg,
             host: target.host.clone(),

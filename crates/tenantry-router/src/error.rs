@@ -25,6 +25,8 @@ pub enum ErrorCode {
     /// The request conflicts with the current state (admin API: a slug taken with other options).
     Conflict,
     NotReady,
+    /// A `/v1/sql` result past `router.sql_max_result_bytes`.
+    ResultTooLarge,
     Internal,
 }
 
@@ -46,6 +48,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Conflict => "conflict",
             Self::NotReady => "not_ready",
+            Self::ResultTooLarge => "result_too_large",
             Self::Internal => "internal",
         }
     }
@@ -61,7 +64,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
-            Self::UnprocessableRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnprocessableRequest | Self::ResultTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TenantUnavailable | Self::NotReady | Self::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -256,6 +259,7 @@ mod tests {
             (ErrorCode::InvalidRequest, 400, "invalid_request"),
             (ErrorCode::UnprocessableRequest, 422, "invalid_request"),
             (ErrorCode::TenantUnavailable, 503, "tenant_unavailable"),
+            (ErrorCode::ResultTooLarge, 422, "result_too_large"),
             (ErrorCode::Internal, 500, "internal"),
         ] {
             assert_eq!(code.status().as_u16(), status, "{name}");

@@ -121,6 +121,13 @@ impl AppState {
                 connect_timeout: Duration::from_millis(r.pool_connect_ms),
                 idle_timeout: Duration::from_secs(r.idle_timeout_s),
                 pool_idle_timeout: Duration::from_secs(r.pool_idle_s),
+                // The tenant role's own limits, as start-up options: a tenant that changes
+                // its role's or database's settings does not change the router's sessions.
+                session_options: format!(
+                    "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+                    settings.provision.statement_timeout_ms,
+                    settings.provision.idle_in_transaction_timeout_ms
+                ),
             },
             10,
         );
@@ -157,6 +164,7 @@ impl AppState {
             sql: sql::SqlLimits {
                 statement_timeout_ms: r.sql_statement_timeout_ms,
                 row_cap: r.sql_row_cap,
+                max_result_bytes: r.sql_max_result_bytes,
             },
         };
         Ok((
