@@ -9,10 +9,13 @@
 //!   the other pool on the server used least lately (a decaying use count, then the
 //!   last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
+//! * The books balance on every path: each connection's permit, its `open` count and
+//!   (if it was evicted) its `evicting` count come back exactly once, when the task
+//!   driving it ends, however it ends; waiters uncount themselves when dropped.
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -87,9 +90,51 @@ pub struct Budget {
     /// Requests waiting for a permit, and evicted connections whose permits are still
     /// to come back (the server has not closed them yet): a waiter evicts only while
     /// there are fewer of the latter than of the former, so a slow close does not make
-    /// it evict a second tenant (who would then evict a third, and so on).
+    /// it evict a second tenant (who would then evict a third, and so on). A connection
+    /// is counted in `evicting` only if it was still open when chosen (see [`Life`]), and
+    /// uncounted exactly once, when its permit comes back.
     waiting: AtomicUsize,
     evicting: AtomicUsize,
+}
+
+/// Where one connection is in its life, shared by its [`Conn`] (the pool's side) and its
+/// [`Slot`] (the driving task's side). `LIVE → EVICTED → CLOSED` or `LIVE → CLOSED`: the
+/// evictor moves it out of `LIVE` only by compare-and-swap, and the slot's drop swaps in
+/// `CLOSED` and uncounts an eviction only if it saw `EVICTED`. A connection the server
+/// has already closed (a restart, `pg_terminate_backend`) still sits idle in its pool
+/// until someone looks; choosing it for eviction counts nothing, as it frees nothing.
+struct Life(AtomicU8);
+
+impl Life {
+    const LIVE: u8 = 0;
+    const EVICTED: u8 = 1;
+    const CLOSED: u8 = 2;
+
+    fn closed(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::CLOSED
+    }
+
+    /// Marks a live connection evicted, counted in `evicting` (first, so that its slot's
+    /// drop, which may follow at once, always finds the count to take back). `false`
+    /// when it was closed already: nothing is counted.
+    fn evict(&self, budget: &Budget) -> bool {
+        budget.evicting.fetch_add(1, Ordering::SeqCst);
+        let evicted = self
+            .0
+            .compare_exchange(
+                Self::LIVE,
+                Self::EVICTED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if evicted {
+            budget.evicted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            budget.evicting.fetch_sub(1, Ordering::SeqCst);
+        }
+        evicted
+    }
 }
 
 impl Budget {
@@ -138,8 +183,7 @@ impl Budget {
 struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     budget: Arc<Budget>,
-    /// Set when the connection was closed to make room (counted in `Budget::evicting`).
-    evicted: Arc<AtomicBool>,
+    life: Arc<Life>,
 }
 
 impl Drop for Slot {
@@ -148,11 +192,13 @@ impl Drop for Slot {
             return;
         };
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
-        if self.evicted.load(Ordering::SeqCst) {
-            let _ = self
+        if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
+            let counted = self
                 .budget
                 .evicting
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            debug_assert!(counted, "an eviction uncounted twice");
         }
         let owed = self
             .budget
@@ -171,7 +217,7 @@ pub struct Conn {
     client: deadpool_postgres::ClientWrapper,
     dirty: bool,
     /// Shared with the connection's [`Slot`].
-    evicted: Arc<AtomicBool>,
+    life: Arc<Life>,
 }
 
 impl Conn {
@@ -218,8 +264,7 @@ impl Manager {
     /// A permit of the server's budget: a free one; else close an idle connection of
     /// another tenant on this server (unless enough closes are already on their way for
     /// everyone waiting) and wait a moment for a permit; again, until the deadline.
-    async fn permit(&self) -> Result<Slot, ConnError> {
-        let deadline = tokio::time::Instant::now() + self.wait;
+    async fn permit(&self, deadline: tokio::time::Instant) -> Result<Slot, ConnError> {
         if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
             return Ok(self.slot(p));
         }
@@ -263,7 +308,7 @@ impl Manager {
         Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
-            evicted: Arc::new(AtomicBool::new(false)),
+            life: Arc::new(Life(AtomicU8::new(Life::LIVE))),
         }
     }
 
@@ -292,8 +337,11 @@ impl managed::Manager for Manager {
     type Error = ConnError;
 
     async fn create(&self) -> Result<Conn, ConnError> {
-        let slot = self.permit().await?;
-        let evicted = slot.evicted.clone();
+        // Whatever way this ends (an error, a timeout, the future dropped), the slot is
+        // dropped with it and gives its permit and its count back.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let slot = self.permit(deadline).await?;
+        let life = slot.life.clone();
         let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
             .map_err(|_| ConnError::Timeout)??;
@@ -312,7 +360,7 @@ impl managed::Manager for Manager {
         Ok(Conn {
             client: deadpool_postgres::ClientWrapper::new(client, noop),
             dirty: false,
-            evicted,
+            life,
         })
     }
 
@@ -369,43 +417,54 @@ impl Inner {
     /// as long as the budget allows), else from the pool used least lately (its
     /// decaying use count, then its last use): under skewed traffic the popular tenants
     /// keep their connections and the rarely seen ones make room for each other.
-    /// Whether a connection was closed.
+    /// Idle connections the server has already closed are cleared out on the way and
+    /// count for nothing (they hold no permit). Whether a live connection was closed.
     fn evict_one_idle(&self, server: i64, except: Uuid) -> bool {
-        let mut victim: Option<((bool, u64, u64), Pool)> = None;
-        for entry in self.pools.iter() {
-            let idle = entry.pool.status().available;
-            if entry.server != server || *entry.key() == except || idle == 0 {
-                continue;
+        let Some(budget) = self.budgets.get(&server).map(|b| b.clone()) else {
+            return false;
+        };
+        // Each round either closes a live connection or clears a pool's dead ones, so
+        // the rounds are few; bounded all the same.
+        for _ in 0..=self.pools.len() {
+            let mut victim: Option<((bool, u64, u64), Pool)> = None;
+            for entry in self.pools.iter() {
+                let idle = entry.pool.status().available;
+                if entry.server != server || *entry.key() == except || idle == 0 {
+                    continue;
+                }
+                // Lower ranks first: spare idle connections before last ones, then the
+                // least used lately, then the least recently used.
+                let rank = (
+                    idle < 2,
+                    entry.uses.load(Ordering::Relaxed),
+                    entry.last_used.load(Ordering::Relaxed),
+                );
+                if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
+                    victim = Some((rank, entry.pool.clone()));
+                }
             }
-            // Lower ranks first: spare idle connections before last ones, then the
-            // least used lately, then the least recently used.
-            let rank = (
-                idle < 2,
-                entry.uses.load(Ordering::Relaxed),
-                entry.last_used.load(Ordering::Relaxed),
-            );
-            if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
-                victim = Some((rank, entry.pool.clone()));
-            }
-        }
-        if let Some((_, pool)) = victim {
-            if let Some(budget) = self.budgets.get(&server) {
-                budget.evicted.fetch_add(1, Ordering::Relaxed);
-            }
+            let Some((_, pool)) = victim else {
+                return false;
+            };
             let mut taken = false;
-            pool.retain(|conn, _| {
+            let cleared = pool.retain(|conn, _| {
+                if conn.life.closed() {
+                    return false;
+                }
                 if taken {
                     return true;
                 }
-                taken = true;
-                // Counted before the connection goes, so its close cannot come first.
-                conn.evicted.store(true, Ordering::SeqCst);
-                if let Some(budget) = self.budgets.get(&server) {
-                    budget.evicting.fetch_add(1, Ordering::SeqCst);
-                }
+                // A connection that closed since the check above goes too, uncounted.
+                taken = conn.life.evict(&budget);
                 false
             });
-            return taken;
+            if taken {
+                return true;
+            }
+            if cleared.removed.is_empty() {
+                // Taken from the pool meanwhile: nothing idle there any more.
+                return false;
+            }
         }
         false
     }
@@ -422,6 +481,11 @@ pub struct ServerUsage {
     pub opened: u64,
     /// Idle connections closed to make room for another tenant's, since start.
     pub evicted: u64,
+    /// Of those, the ones whose permits have not come back yet (their server has not
+    /// closed them yet).
+    pub evicting: usize,
+    /// Requests waiting for a permit of this server's budget now.
+    pub waiting: usize,
 }
 
 /// All tenant pools of this process.
@@ -648,6 +712,8 @@ impl Pools {
                 open: b.open.load(Ordering::SeqCst),
                 opened: b.opened.load(Ordering::Relaxed),
                 evicted: b.evicted.load(Ordering::Relaxed),
+                evicting: b.evicting.load(Ordering::SeqCst),
+                waiting: b.waiting.load(Ordering::SeqCst),
                 pools: self
                     .inner
                     .pools
