@@ -1,9 +1,10 @@
 //! Tenant connection pools.
 //!
-//! * One deadpool pool per tenant, made on first use, sized by its plan, connecting as
-//!   the tenant's own role; statements prepared once per connection. A connection that
-//!   may carry session state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD
-//!   TEMP`, …) before its next use, so no session state passes from one request to the next.
+//! * One deadpool pool per tenant, made on first use, sized by its plan (split among the
+//!   live router replicas: [`Pools::plan_share`]), connecting as the tenant's own role;
+//!   statements prepared once per connection. A connection that may carry session
+//!   state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD TEMP`, …) before its
+//!   next use, so no session state passes from one request to the next.
 //! * A **budget per server**: every connection of every tenant pool on a server holds a
 //!   permit of that server's semaphore. When the budget is spent, an idle connection of
 //!   the other pool on the server used least lately (a decaying use count, then the
@@ -15,7 +16,7 @@
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,11 @@ use dashmap::DashMap;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use secrecy::{ExposeSecret, SecretString};
 
+mod budget;
 mod stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+pub use budget::Budget;
+use budget::{Life, Slot};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// Timeouts and idle limits.
@@ -75,140 +79,6 @@ pub enum ConnError {
     Timeout,
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
-}
-
-/// A server's share of connections.
-pub struct Budget {
-    semaphore: Arc<Semaphore>,
-    limit: AtomicUsize,
-    /// Permits to swallow as connections close, after the limit was lowered.
-    debt: AtomicUsize,
-    open: AtomicUsize,
-    /// Connections opened and idle connections closed to make room, since start.
-    opened: AtomicU64,
-    evicted: AtomicU64,
-    /// Requests waiting for a permit, and evicted connections whose permits are still
-    /// to come back (the server has not closed them yet): a waiter evicts only while
-    /// there are fewer of the latter than of the former, so a slow close does not make
-    /// it evict a second tenant (who would then evict a third, and so on). A connection
-    /// is counted in `evicting` only if it was still open when chosen (see [`Life`]), and
-    /// uncounted exactly once, when its permit comes back.
-    waiting: AtomicUsize,
-    evicting: AtomicUsize,
-}
-
-/// Where one connection is in its life, shared by its [`Conn`] (the pool's side) and its
-/// [`Slot`] (the driving task's side). `LIVE → EVICTED → CLOSED` or `LIVE → CLOSED`: the
-/// evictor moves it out of `LIVE` only by compare-and-swap, and the slot's drop swaps in
-/// `CLOSED` and uncounts an eviction only if it saw `EVICTED`. A connection the server
-/// has already closed (a restart, `pg_terminate_backend`) still sits idle in its pool
-/// until someone looks; choosing it for eviction counts nothing, as it frees nothing.
-struct Life(AtomicU8);
-
-impl Life {
-    const LIVE: u8 = 0;
-    const EVICTED: u8 = 1;
-    const CLOSED: u8 = 2;
-
-    fn closed(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == Self::CLOSED
-    }
-
-    /// Marks a live connection evicted, counted in `evicting` (first, so that its slot's
-    /// drop, which may follow at once, always finds the count to take back). `false`
-    /// when it was closed already: nothing is counted.
-    fn evict(&self, budget: &Budget) -> bool {
-        budget.evicting.fetch_add(1, Ordering::SeqCst);
-        let evicted = self
-            .0
-            .compare_exchange(
-                Self::LIVE,
-                Self::EVICTED,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok();
-        if evicted {
-            budget.evicted.fetch_add(1, Ordering::Relaxed);
-        } else {
-            budget.evicting.fetch_sub(1, Ordering::SeqCst);
-        }
-        evicted
-    }
-}
-
-impl Budget {
-    fn new(limit: usize) -> Self {
-        Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
-            limit: AtomicUsize::new(limit),
-            debt: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            opened: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            evicting: AtomicUsize::new(0),
-        }
-    }
-
-    fn set_limit(&self, new: usize) {
-        let old = self.limit.swap(new, Ordering::SeqCst);
-        if new > old {
-            let mut grow = new - old;
-            // Pay back debt first.
-            while grow > 0 {
-                let debt = self.debt.load(Ordering::SeqCst);
-                if debt == 0 {
-                    break;
-                }
-                let pay = debt.min(grow);
-                if self
-                    .debt
-                    .compare_exchange(debt, debt - pay, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    grow -= pay;
-                }
-            }
-            self.semaphore.add_permits(grow);
-        } else if new < old {
-            let shrink = old - new;
-            let forgotten = self.semaphore.forget_permits(shrink);
-            self.debt.fetch_add(shrink - forgotten, Ordering::SeqCst);
-        }
-    }
-}
-
-/// A budget permit held by one open connection.
-struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    budget: Arc<Budget>,
-    life: Arc<Life>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        self.budget.open.fetch_sub(1, Ordering::SeqCst);
-        if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
-            let counted = self
-                .budget
-                .evicting
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            debug_assert!(counted, "an eviction uncounted twice");
-        }
-        let owed = self
-            .budget
-            .debt
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
-            .is_ok();
-        if owed {
-            permit.forget();
-        }
-    }
 }
 
 /// One open connection. Its budget permit is held by the task driving the connection,
@@ -308,7 +178,43 @@ impl Manager {
         Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
-            life: Arc::new(Life(AtomicU8::new(Life::LIVE))),
+            life: Arc::new(Life::new()),
+        }
+    }
+
+    /// Opens the connection; a server that says the role (or the server) has too many
+    /// connections (SQLSTATE 53300) is asked again until `deadline`, as a full pool would
+    /// be waited for: when a router replica joins, the others shrink their pools for the
+    /// tenant only at their next heartbeat. The slot's permit is kept meanwhile.
+    async fn open(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
+        ),
+        ConnError,
+    > {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let error = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+                Err(_) => return Err(ConnError::Timeout),
+                Ok(Ok(opened)) => return Ok(opened),
+                Ok(Err(e)) => e,
+            };
+            let full = matches!(&error, ConnError::Pg(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS));
+            if !full {
+                return Err(error);
+            }
+            let now = tokio::time::Instant::now();
+            if now + pause >= deadline {
+                tracing::debug!(error = %error, "the server kept refusing: too many connections");
+                return Err(ConnError::Budget);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 
@@ -342,9 +248,7 @@ impl managed::Manager for Manager {
         let deadline = tokio::time::Instant::now() + self.wait;
         let slot = self.permit(deadline).await?;
         let life = slot.life.clone();
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect())
-            .await
-            .map_err(|_| ConnError::Timeout)??;
+        let (client, connection) = self.open(deadline).await?;
         // The task drives the connection and holds the permit until the server has
         // closed the socket; dropping the client ends the session (Terminate, then
         // our side shut, then the server's close).
@@ -390,7 +294,7 @@ struct Entry {
     last_used: Arc<AtomicU64>,
     /// Requests lately: counted on every use, halved at every reap (a decaying count).
     uses: AtomicU64,
-    /// The plan's pool size: the most this pool may grow to.
+    /// The plan's pool size: this replica's part of it is the most the pool may grow to.
     plan_size: usize,
 }
 
@@ -400,6 +304,8 @@ struct Inner {
     pools: DashMap<Uuid, Entry>,
     budgets: DashMap<i64, Arc<Budget>>,
     default_budget: usize,
+    /// Live router replicas (at least 1), each holding pools of the same tenants.
+    replicas: AtomicUsize,
 }
 
 impl Inner {
@@ -504,6 +410,7 @@ impl Pools {
                 pools: DashMap::new(),
                 budgets: DashMap::new(),
                 default_budget,
+                replicas: AtomicUsize::new(1),
             }),
         }
     }
@@ -511,6 +418,27 @@ impl Pools {
     /// Sets how many connections this process may hold to `server`, across all tenants.
     pub fn set_budget(&self, server: i64, limit: usize) {
         self.budget(server).set_limit(limit);
+    }
+
+    /// Says how many router replicas live (each with its own `Pools`): a tenant's plan
+    /// pool size is split among them ([`Pools::plan_share`]). Pools made before take
+    /// their new size at the next reap.
+    pub fn set_replicas(&self, live: usize) {
+        self.inner.replicas.store(live.max(1), Ordering::SeqCst);
+    }
+
+    /// Live router replicas, as last set (1 until then).
+    pub fn replicas(&self) -> usize {
+        self.inner.replicas.load(Ordering::SeqCst).max(1)
+    }
+
+    /// This replica's part of a tenant's plan pool size: `max(1, plan / replicas)`. The
+    /// tenant's role allows `plan + 2` connections, so the replicas' pools together stay
+    /// within it as long as there are at most `plan + 2` replicas; beyond that each keeps
+    /// one connection, and connections past the role's limit are waited for (53300 is
+    /// taken as busy) until the pool's wait deadline.
+    pub fn plan_share(&self, plan_size: usize) -> usize {
+        (plan_size / self.replicas()).max(1)
     }
 
     fn budget(&self, server: i64) -> Arc<Budget> {
@@ -552,7 +480,7 @@ impl Pools {
             }
         }
         // Sized and built with no guard held (sizing reads the map).
-        let size = self.fair_size(target.server, target.max_size.max(1));
+        let size = self.fair_size(target.server, self.plan_share(target.max_size));
         let built = self.build(target, size)?;
         let entry = Entry {
             pool: built.clone(),
@@ -652,7 +580,7 @@ impl Pools {
             // Keep every pool to its fair share of its server's budget.
             let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
             let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
-            let fair = entry.plan_size.min(budget / pools).max(1);
+            let fair = self.plan_share(entry.plan_size).min(budget / pools).max(1);
             if entry.pool.status().max_size != fair {
                 entry.pool.resize(fair);
             }
@@ -668,8 +596,8 @@ impl Pools {
         }
     }
 
-    /// A pool's size: its plan's, but no more than an even share of its server's
-    /// budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
+    /// A pool's size: its plan's (this replica's part of it), but no more than an even
+    /// share of its server's budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
     /// tenant waits for its own connections instead of taking other tenants' (which
     /// would make every request open a connection).
     fn fair_size(&self, server: i64, plan_size: usize) -> usize {
@@ -724,5 +652,42 @@ impl Pools {
             .collect();
         out.sort_by_key(|u| u.server);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Pools {
+        let wait = Duration::from_secs(1);
+        Pools::new(
+            PoolConfig {
+                wait_timeout: wait,
+                connect_timeout: wait,
+                idle_timeout: wait,
+                pool_idle_timeout: wait,
+            },
+            10,
+        )
+    }
+
+    #[test]
+    fn a_plan_pool_is_split_among_live_replicas_at_least_one_each() {
+        let p = pools();
+        assert_eq!((p.replicas(), p.plan_share(10)), (1, 10));
+        p.set_replicas(2);
+        assert_eq!(p.plan_share(10), 5);
+        p.set_replicas(3);
+        assert_eq!(p.plan_share(10), 3);
+        p.set_replicas(12);
+        assert_eq!(p.plan_share(10), 1, "one each beyond the pool size");
+        assert_eq!(p.plan_share(0), 1);
+        p.set_replicas(0);
+        assert_eq!(
+            (p.replicas(), p.plan_share(2)),
+            (1, 2),
+            "never below one replica"
+        );
     }
 }

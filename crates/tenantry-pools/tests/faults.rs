@@ -242,3 +242,49 @@ async fn under_load_with_backends_killed_at_random_the_books_balance() {
     let u = usage(&pools);
     assert_eq!((u.evicting, u.waiting), (0, 0), "{u:?}");
 }
+
+#[tokio::test]
+async fn a_role_at_its_connection_limit_is_waited_for_not_an_error() {
+    let pg = TestCluster::start();
+    let t = tenants(&pg, 1).await;
+    pg.connect("postgres")
+        .await
+        .batch_execute("ALTER ROLE f0 CONNECTION LIMIT 1")
+        .await
+        .unwrap();
+    // Another replica holds the role's only connection.
+    let url = format!("postgres://f0:pw0@127.0.0.1:{}/f0", pg.port());
+    let (other, driver) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(driver);
+
+    // Never freed: busy once the wait deadline passes (503 with Retry-After), not
+    // unavailable at once.
+    let pools = Pools::new(config(), 4);
+    let started = Instant::now();
+    match pools.get(&t[0]).await {
+        Err(PoolError::Busy) => {}
+        Err(e) => panic!("expected busy, got {e}"),
+        Ok(_) => panic!("the role's limit was passed"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // Freed during the wait: the connection comes.
+    let pools = Pools::new(
+        PoolConfig {
+            wait_timeout: Duration::from_secs(5),
+            ..config()
+        },
+        4,
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(other);
+        let _ = driver.await;
+    });
+    let c = pools.get(&t[0]).await.unwrap();
+    c.query_one("SELECT 1", &[]).await.unwrap();
+    let u = usage(&pools);
+    assert_eq!((u.open, u.waiting, u.evicting), (1, 0, 0), "{u:?}");
+}
