@@ -288,3 +288,73 @@ async fn a_role_at_its_connection_limit_is_waited_for_not_an_error() {
     let u = usage(&pools);
     assert_eq!((u.open, u.waiting, u.evicting), (1, 0, 0), "{u:?}");
 }
+
+/// A server that accepts TCP connections and never says a word.
+async fn silent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn cancelled_and_timed_out_requests_give_everything_back() {
+    let port = silent_server().await;
+    let target = |i: usize| Target {
+        tenant: Uuid::now_v7(),
+        generation: 1,
+        server: 1,
+        host: "127.0.0.1".into(),
+        port,
+        database: format!("d{i}"),
+        user: format!("u{i}"),
+        password: SecretString::from("pw".to_owned()),
+        max_size: 2,
+    };
+    let pools = Pools::new(
+        PoolConfig {
+            wait_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_millis(500),
+            ..config()
+        },
+        1,
+    );
+    pools.set_budget(1, 1);
+    // One request holds the only permit while its server says nothing; ten more wait.
+    let first = {
+        let (pools, t) = (pools.clone(), target(0));
+        tokio::spawn(async move { pools.get(&t).await.map(|_| ()) })
+    };
+    settle(&pools, "the first holds the permit", |u| u.open == 1).await;
+    let waiters: Vec<_> = (1..=10)
+        .map(|i| {
+            let (pools, t) = (pools.clone(), target(i));
+            tokio::spawn(async move { pools.get(&t).await.map(|_| ()) })
+        })
+        .collect();
+    settle(&pools, "ten wait", |u| u.waiting == 10).await;
+    // Cancelled while waiting, and while connecting: nothing stays counted.
+    for w in &waiters {
+        w.abort();
+    }
+    first.abort();
+    settle(&pools, "all given back", |u| u.waiting == 0 && u.open == 0).await;
+
+    // A connection attempt that times out gives its permit back too: the next request
+    // gets the permit at once and times out in the same way, not waiting for a permit.
+    for i in 11..13 {
+        let started = Instant::now();
+        match pools.get(&target(i)).await {
+            Err(PoolError::Unavailable(_)) => {}
+            other => panic!("expected a timeout, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let u = usage(&pools);
+    assert_eq!((u.open, u.waiting, u.evicting), (0, 0, 0), "{u:?}");
+}
