@@ -124,6 +124,19 @@ impl Drop for Slot {
         let Some(permit) = self.permit.take() else {
             return;
         };
+        // The permit first (or the debt paid with it), the eviction uncounted after: a
+        // waiter that sees the count drop finds the permit already there, and does not
+        // close another tenant's connection for a permit on its way.
+        let owed = self
+            .budget
+            .debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok();
+        if owed {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
         if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
             let counted = self
@@ -132,14 +145,6 @@ impl Drop for Slot {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             debug_assert!(counted, "an eviction uncounted twice");
-        }
-        let owed = self
-            .budget
-            .debt
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
-            .is_ok();
-        if owed {
-            permit.forget();
         }
     }
 }

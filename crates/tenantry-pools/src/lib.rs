@@ -117,6 +117,12 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+/// A session as it opens: the client, and the connection its task is to drive.
+type Opened = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
+);
+
 /// The pool manager: opens connections as the tenant, each holding a budget permit.
 pub struct Manager {
     config: tokio_postgres::Config,
@@ -186,16 +192,7 @@ impl Manager {
     /// connections (SQLSTATE 53300) is asked again until `deadline`, as a full pool would
     /// be waited for: when a router replica joins, the others shrink their pools for the
     /// tenant only at their next heartbeat. The slot's permit is kept meanwhile.
-    async fn open(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
-        ),
-        ConnError,
-    > {
+    async fn open(&self, deadline: tokio::time::Instant) -> Result<Opened, ConnError> {
         let mut pause = Duration::from_millis(20);
         loop {
             let error = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
@@ -218,15 +215,7 @@ impl Manager {
         }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
-        ),
-        ConnError,
-    > {
+    async fn connect(&self) -> Result<Opened, ConnError> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(ConnError::Connect)?;

@@ -231,7 +231,7 @@ async fn under_load_with_backends_killed_at_random_the_books_balance() {
         "served {}, killed {killed}, {u:?}",
         served.load(Ordering::Relaxed)
     );
-    assert!(killed > 10 && u.evicted > 0, "the test did not bite: {u:?}");
+    assert!(killed >= 3 && u.evicted > 0, "the test did not bite: {u:?}");
 
     settle(&pools, "no waiter, no eviction pending", |u| {
         u.waiting == 0 && u.evicting == 0 && u.open <= budget
