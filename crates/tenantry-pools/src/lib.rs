@@ -1,18 +1,22 @@
 //! Tenant connection pools.
 //!
-//! * One deadpool pool per tenant, made on first use, sized by its plan, connecting as
-//!   the tenant's own role; statements prepared once per connection. A connection that
-//!   may carry session state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD
-//!   TEMP`, …) before its next use, so no session state passes from one request to the next.
+//! * One deadpool pool per tenant, made on first use, sized by its plan (split among the
+//!   live router replicas: [`Pools::plan_share`]), connecting as the tenant's own role;
+//!   statements prepared once per connection. A connection that may carry session
+//!   state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD TEMP`, …) before its
+//!   next use, so no session state passes from one request to the next.
 //! * A **budget per server**: every connection of every tenant pool on a server holds a
 //!   permit of that server's semaphore. When the budget is spent, an idle connection of
 //!   the other pool on the server used least lately (a decaying use count, then the
 //!   last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
+//! * The books balance on every path: each connection's permit, its `open` count and
+//!   (if it was evicted) its `evicting` count come back exactly once, when the task
+//!   driving it ends, however it ends; waiters uncount themselves when dropped.
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,8 +24,11 @@ use dashmap::DashMap;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use secrecy::{ExposeSecret, SecretString};
 
+mod budget;
 mod stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+pub use budget::Budget;
+use budget::{Life, Slot};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// Timeouts and idle limits.
@@ -78,104 +85,13 @@ pub enum ConnError {
     Pg(#[from] tokio_postgres::Error),
 }
 
-/// A server's share of connections.
-pub struct Budget {
-    semaphore: Arc<Semaphore>,
-    limit: AtomicUsize,
-    /// Permits to swallow as connections close, after the limit was lowered.
-    debt: AtomicUsize,
-    open: AtomicUsize,
-    /// Connections opened and idle connections closed to make room, since start.
-    opened: AtomicU64,
-    evicted: AtomicU64,
-    /// Requests waiting for a permit, and evicted connections whose permits are still
-    /// to come back (the server has not closed them yet): a waiter evicts only while
-    /// there are fewer of the latter than of the former, so a slow close does not make
-    /// it evict a second tenant (who would then evict a third, and so on).
-    waiting: AtomicUsize,
-    evicting: AtomicUsize,
-}
-
-impl Budget {
-    fn new(limit: usize) -> Self {
-        Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
-            limit: AtomicUsize::new(limit),
-            debt: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            opened: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            evicting: AtomicUsize::new(0),
-        }
-    }
-
-    fn set_limit(&self, new: usize) {
-        let old = self.limit.swap(new, Ordering::SeqCst);
-        if new > old {
-            let mut grow = new - old;
-            // Pay back debt first.
-            while grow > 0 {
-                let debt = self.debt.load(Ordering::SeqCst);
-                if debt == 0 {
-                    break;
-                }
-                let pay = debt.min(grow);
-                if self
-                    .debt
-                    .compare_exchange(debt, debt - pay, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    grow -= pay;
-                }
-            }
-            self.semaphore.add_permits(grow);
-        } else if new < old {
-            let shrink = old - new;
-            let forgotten = self.semaphore.forget_permits(shrink);
-            self.debt.fetch_add(shrink - forgotten, Ordering::SeqCst);
-        }
-    }
-}
-
-/// A budget permit held by one open connection.
-struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    budget: Arc<Budget>,
-    /// Set when the connection was closed to make room (counted in `Budget::evicting`).
-    evicted: Arc<AtomicBool>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        self.budget.open.fetch_sub(1, Ordering::SeqCst);
-        if self.evicted.load(Ordering::SeqCst) {
-            let _ = self
-                .budget
-                .evicting
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        }
-        let owed = self
-            .budget
-            .debt
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
-            .is_ok();
-        if owed {
-            permit.forget();
-        }
-    }
-}
-
 /// One open connection. Its budget permit is held by the task driving the connection,
 /// which ends when the server has closed the socket (see [`stream`]).
 pub struct Conn {
     client: deadpool_postgres::ClientWrapper,
     dirty: bool,
     /// Shared with the connection's [`Slot`].
-    evicted: Arc<AtomicBool>,
+    life: Arc<Life>,
     /// Shared with the connection's stream.
     reads: Arc<stream::ReadCap>,
 }
@@ -223,6 +139,12 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+/// A session as it opens: the client, and the connection its task is to drive.
+type Opened = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
+);
+
 /// The pool manager: opens connections as the tenant, each holding a budget permit.
 pub struct Manager {
     config: tokio_postgres::Config,
@@ -240,8 +162,7 @@ impl Manager {
     /// A permit of the server's budget: a free one; else close an idle connection of
     /// another tenant on this server (unless enough closes are already on their way for
     /// everyone waiting) and wait a moment for a permit; again, until the deadline.
-    async fn permit(&self) -> Result<Slot, ConnError> {
-        let deadline = tokio::time::Instant::now() + self.wait;
+    async fn permit(&self, deadline: tokio::time::Instant) -> Result<Slot, ConnError> {
         if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
             return Ok(self.slot(p));
         }
@@ -285,20 +206,43 @@ impl Manager {
         Slot {
             permit: Some(permit),
             budget: self.budget.clone(),
-            evicted: Arc::new(AtomicBool::new(false)),
+            life: Arc::new(Life::new()),
         }
     }
 
-    async fn connect(
+    /// Opens the connection; a server that says the role (or the server) has too many
+    /// connections (SQLSTATE 53300) is asked again until `deadline`, as a full pool would
+    /// be waited for: when a router replica joins, the others shrink their pools for the
+    /// tenant only at their next heartbeat. The slot's permit is kept meanwhile.
+    async fn open(
         &self,
+        deadline: tokio::time::Instant,
         reads: &Arc<stream::ReadCap>,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
-        ),
-        ConnError,
-    > {
+    ) -> Result<Opened, ConnError> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let error = match tokio::time::timeout(self.connect_timeout, self.connect(reads)).await
+            {
+                Err(_) => return Err(ConnError::Timeout),
+                Ok(Ok(opened)) => return Ok(opened),
+                Ok(Err(e)) => e,
+            };
+            let full = matches!(&error, ConnError::Pg(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS));
+            if !full {
+                return Err(error);
+            }
+            let now = tokio::time::Instant::now();
+            if now + pause >= deadline {
+                tracing::debug!(error = %error, "the server kept refusing: too many connections");
+                return Err(ConnError::Budget);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn connect(&self, reads: &Arc<stream::ReadCap>) -> Result<Opened, ConnError> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(ConnError::Connect)?;
@@ -318,12 +262,13 @@ impl managed::Manager for Manager {
     type Error = ConnError;
 
     async fn create(&self) -> Result<Conn, ConnError> {
-        let slot = self.permit().await?;
-        let evicted = slot.evicted.clone();
+        // Whatever way this ends (an error, a timeout, the future dropped), the slot is
+        // dropped with it and gives its permit and its count back.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let slot = self.permit(deadline).await?;
+        let life = slot.life.clone();
         let reads = Arc::new(stream::ReadCap::default());
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, self.connect(&reads))
-            .await
-            .map_err(|_| ConnError::Timeout)??;
+        let (client, connection) = self.open(deadline, &reads).await?;
         // The task drives the connection and holds the permit until the server has
         // closed the socket; dropping the client ends the session (Terminate, then
         // our side shut, then the server's close).
@@ -339,7 +284,7 @@ impl managed::Manager for Manager {
         Ok(Conn {
             client: deadpool_postgres::ClientWrapper::new(client, noop),
             dirty: false,
-            evicted,
+            life,
             reads,
         })
     }
@@ -389,7 +334,7 @@ struct Entry {
     last_used: Arc<AtomicU64>,
     /// Requests lately: counted on every use, halved at every reap (a decaying count).
     uses: AtomicU64,
-    /// The plan's pool size: the most this pool may grow to.
+    /// The plan's pool size: this replica's part of it is the most the pool may grow to.
     plan_size: usize,
 }
 
@@ -399,6 +344,8 @@ struct Inner {
     pools: DashMap<Uuid, Entry>,
     budgets: DashMap<i64, Arc<Budget>>,
     default_budget: usize,
+    /// Live router replicas (at least 1), each holding pools of the same tenants.
+    replicas: AtomicUsize,
 }
 
 impl Inner {
@@ -416,43 +363,54 @@ impl Inner {
     /// as long as the budget allows), else from the pool used least lately (its
     /// decaying use count, then its last use): under skewed traffic the popular tenants
     /// keep their connections and the rarely seen ones make room for each other.
-    /// Whether a connection was closed.
+    /// Idle connections the server has already closed are cleared out on the way and
+    /// count for nothing (they hold no permit). Whether a live connection was closed.
     fn evict_one_idle(&self, server: i64, except: Uuid) -> bool {
-        let mut victim: Option<((bool, u64, u64), Pool)> = None;
-        for entry in self.pools.iter() {
-            let idle = entry.pool.status().available;
-            if entry.server != server || *entry.key() == except || idle == 0 {
-                continue;
+        let Some(budget) = self.budgets.get(&server).map(|b| b.clone()) else {
+            return false;
+        };
+        // Each round either closes a live connection or clears a pool's dead ones, so
+        // the rounds are few; bounded all the same.
+        for _ in 0..=self.pools.len() {
+            let mut victim: Option<((bool, u64, u64), Pool)> = None;
+            for entry in self.pools.iter() {
+                let idle = entry.pool.status().available;
+                if entry.server != server || *entry.key() == except || idle == 0 {
+                    continue;
+                }
+                // Lower ranks first: spare idle connections before last ones, then the
+                // least used lately, then the least recently used.
+                let rank = (
+                    idle < 2,
+                    entry.uses.load(Ordering::Relaxed),
+                    entry.last_used.load(Ordering::Relaxed),
+                );
+                if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
+                    victim = Some((rank, entry.pool.clone()));
+                }
             }
-            // Lower ranks first: spare idle connections before last ones, then the
-            // least used lately, then the least recently used.
-            let rank = (
-                idle < 2,
-                entry.uses.load(Ordering::Relaxed),
-                entry.last_used.load(Ordering::Relaxed),
-            );
-            if victim.as_ref().is_none_or(|(r, _)| rank < *r) {
-                victim = Some((rank, entry.pool.clone()));
-            }
-        }
-        if let Some((_, pool)) = victim {
-            if let Some(budget) = self.budgets.get(&server) {
-                budget.evicted.fetch_add(1, Ordering::Relaxed);
-            }
+            let Some((_, pool)) = victim else {
+                return false;
+            };
             let mut taken = false;
-            pool.retain(|conn, _| {
+            let cleared = pool.retain(|conn, _| {
+                if conn.life.closed() {
+                    return false;
+                }
                 if taken {
                     return true;
                 }
-                taken = true;
-                // Counted before the connection goes, so its close cannot come first.
-                conn.evicted.store(true, Ordering::SeqCst);
-                if let Some(budget) = self.budgets.get(&server) {
-                    budget.evicting.fetch_add(1, Ordering::SeqCst);
-                }
+                // A connection that closed since the check above goes too, uncounted.
+                taken = conn.life.evict(&budget);
                 false
             });
-            return taken;
+            if taken {
+                return true;
+            }
+            if cleared.removed.is_empty() {
+                // Taken from the pool meanwhile: nothing idle there any more.
+                return false;
+            }
         }
         false
     }
@@ -469,6 +427,11 @@ pub struct ServerUsage {
     pub opened: u64,
     /// Idle connections closed to make room for another tenant's, since start.
     pub evicted: u64,
+    /// Of those, the ones whose permits have not come back yet (their server has not
+    /// closed them yet).
+    pub evicting: usize,
+    /// Requests waiting for a permit of this server's budget now.
+    pub waiting: usize,
 }
 
 /// All tenant pools of this process.
@@ -487,6 +450,7 @@ impl Pools {
                 pools: DashMap::new(),
                 budgets: DashMap::new(),
                 default_budget,
+                replicas: AtomicUsize::new(1),
             }),
         }
     }
@@ -494,6 +458,27 @@ impl Pools {
     /// Sets how many connections this process may hold to `server`, across all tenants.
     pub fn set_budget(&self, server: i64, limit: usize) {
         self.budget(server).set_limit(limit);
+    }
+
+    /// Says how many router replicas live (each with its own `Pools`): a tenant's plan
+    /// pool size is split among them ([`Pools::plan_share`]). Pools made before take
+    /// their new size at the next reap.
+    pub fn set_replicas(&self, live: usize) {
+        self.inner.replicas.store(live.max(1), Ordering::SeqCst);
+    }
+
+    /// Live router replicas, as last set (1 until then).
+    pub fn replicas(&self) -> usize {
+        self.inner.replicas.load(Ordering::SeqCst).max(1)
+    }
+
+    /// This replica's part of a tenant's plan pool size: `max(1, plan / replicas)`. The
+    /// tenant's role allows `plan + 2` connections, so the replicas' pools together stay
+    /// within it as long as there are at most `plan + 2` replicas; beyond that each keeps
+    /// one connection, and connections past the role's limit are waited for (53300 is
+    /// taken as busy) until the pool's wait deadline.
+    pub fn plan_share(&self, plan_size: usize) -> usize {
+        (plan_size / self.replicas()).max(1)
     }
 
     fn budget(&self, server: i64) -> Arc<Budget> {
@@ -535,7 +520,7 @@ impl Pools {
             }
         }
         // Sized and built with no guard held (sizing reads the map).
-        let size = self.fair_size(target.server, target.max_size.max(1));
+        let size = self.fair_size(target.server, self.plan_share(target.max_size));
         let built = self.build(target, size)?;
         let entry = Entry {
             pool: built.clone(),
@@ -638,7 +623,7 @@ impl Pools {
             // Keep every pool to its fair share of its server's budget.
             let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
             let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
-            let fair = entry.plan_size.min(budget / pools).max(1);
+            let fair = self.plan_share(entry.plan_size).min(budget / pools).max(1);
             if entry.pool.status().max_size != fair {
                 entry.pool.resize(fair);
             }
@@ -654,8 +639,8 @@ impl Pools {
         }
     }
 
-    /// A pool's size: its plan's, but no more than an even share of its server's
-    /// budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
+    /// A pool's size: its plan's (this replica's part of it), but no more than an even
+    /// share of its server's budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
     /// tenant waits for its own connections instead of taking other tenants' (which
     /// would make every request open a connection).
     fn fair_size(&self, server: i64, plan_size: usize) -> usize {
@@ -698,6 +683,8 @@ impl Pools {
                 open: b.open.load(Ordering::SeqCst),
                 opened: b.opened.load(Ordering::Relaxed),
                 evicted: b.evicted.load(Ordering::Relaxed),
+                evicting: b.evicting.load(Ordering::SeqCst),
+                waiting: b.waiting.load(Ordering::SeqCst),
                 pools: self
                     .inner
                     .pools
@@ -708,5 +695,43 @@ impl Pools {
             .collect();
         out.sort_by_key(|u| u.server);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Pools {
+        let wait = Duration::from_secs(1);
+        Pools::new(
+            PoolConfig {
+                wait_timeout: wait,
+                connect_timeout: wait,
+                idle_timeout: wait,
+                pool_idle_timeout: wait,
+                session_options: String::new(),
+            },
+            10,
+        )
+    }
+
+    #[test]
+    fn a_plan_pool_is_split_among_live_replicas_at_least_one_each() {
+        let p = pools();
+        assert_eq!((p.replicas(), p.plan_share(10)), (1, 10));
+        p.set_replicas(2);
+        assert_eq!(p.plan_share(10), 5);
+        p.set_replicas(3);
+        assert_eq!(p.plan_share(10), 3);
+        p.set_replicas(12);
+        assert_eq!(p.plan_share(10), 1, "one each beyond the pool size");
+        assert_eq!(p.plan_share(0), 1);
+        p.set_replicas(0);
+        assert_eq!(
+            (p.replicas(), p.plan_share(2)),
+            (1, 2),
+            "never below one replica"
+        );
     }
 }

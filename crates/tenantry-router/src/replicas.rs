@@ -1,10 +1,19 @@
 //! Router replicas: each heartbeats into the catalog, and every server's connection
-//! budget (its `max_connections`) is split among the live ones.
+//! budget (its `max_connections`), every tenant's pool size and every tenant's request
+//! rate are split among the live ones.
 //!
 //! Each live replica takes `max_connections / (live + 1)`: one share is kept free for a
 //! replica that joins. A newcomer takes its share at once, while the others shrink only
 //! at their next heartbeat; with the spare share, n replicas plus one newcomer hold at
 //! most n/(n+1) + 1/(n+2) < 1 of the budget, so a join never pushes a server over it.
+//!
+//! A tenant's pool on each replica is `max(1, plan pool size / live)`
+//! ([`Pools::plan_share`]), and its rate `ceil(plan rate / live)` a minute: the role's
+//! `CONNECTION LIMIT` (plan pool size + 2) holds the replicas' pools together while at
+//! most pool size + 2 replicas live. A tenant meets the role's limit (SQLSTATE 53300)
+//! beyond that, or for a heartbeat after a replica joins (the others shrink at their
+//! next beat, and their reaper within a second): its requests wait for a connection
+//! within `router.pool_wait_ms`, as for a full pool, and only then get 503.
 
 use std::time::Duration;
 
@@ -59,6 +68,8 @@ pub async fn beat(
         .query_one("SELECT count(*) FROM router_replicas", &[])
         .await?
         .get(0);
+    // Set before the budgets: a budget read from /metrics says this count is in force.
+    pools.set_replicas(live.max(1) as usize);
     // One share stays free for a replica that joins (see the module's notes).
     let shares = live.max(1) as usize + 1;
     for row in client

@@ -16,22 +16,25 @@ use crate::auth::TenantAuth;
 use crate::resolve::Route;
 use crate::{ApiError, AppState, ErrorCode};
 
-/// Per-tenant request rates, one GCRA limiter per plan rate (keyed by tenant id). Memory
-/// stays bounded: `shrink` forgets tenants that have been quiet.
+/// Per-tenant request rates, one GCRA limiter per rate (keyed by tenant id). Memory
+/// stays bounded: `shrink` forgets tenants that have been quiet. Each replica allows its
+/// part of the plan's rate, `ceil(rate / live replicas)`: together at least the plan's
+/// rate and at most `rate + live - 1` (a tenant's burst starts afresh when the count of
+/// replicas changes).
 #[derive(Default)]
 pub struct RateLimits {
     by_rate: DashMap<u32, Arc<DefaultKeyedRateLimiter<Uuid>>>,
 }
 
 impl RateLimits {
-    /// `Err(seconds)` to wait when the tenant is over its rate.
-    pub fn check(&self, tenant: Uuid, per_minute: u32) -> Result<(), u64> {
-        let Some(rate) = std::num::NonZeroU32::new(per_minute) else {
+    /// `Err(seconds)` to wait when the tenant is over its part of `per_minute`.
+    pub fn check(&self, tenant: Uuid, per_minute: u32, replicas: usize) -> Result<(), u64> {
+        let Some(rate) = std::num::NonZeroU32::new(per_replica(per_minute, replicas)) else {
             return Ok(());
         };
         let limiter = self
             .by_rate
-            .entry(per_minute)
+            .entry(rate.get())
             .or_insert_with(|| Arc::new(RateLimiter::keyed(Quota::per_minute(rate))))
             .clone();
         limiter.check_key(&tenant).map_err(|not_until| {
@@ -46,6 +49,12 @@ impl RateLimits {
             limiter.shrink_to_fit();
         }
     }
+}
+
+/// One replica's part of a rate: `ceil(rate / replicas)` (0 stays 0: no limit).
+fn per_replica(rate: u32, replicas: usize) -> u32 {
+    let replicas = u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
+    rate.div_ceil(replicas)
 }
 
 /// What a tenant handler works with.
@@ -111,10 +120,11 @@ impl TenantCtx {
             )
             .retry_after(5));
         }
-        if let Err(wait) = state
-            .limits
-            .check(route.tenant, route.plan.requests_per_minute)
-        {
+        if let Err(wait) = state.limits.check(
+            route.tenant,
+            route.plan.requests_per_minute,
+            state.pools.replicas(),
+        ) {
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -179,3 +189,28 @@ pub fn db_error(e: tokio_postgres::Error) -> ApiError {
 }
 
 pub const SHRINK_EVERY: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_split_among_replicas_rounding_up() {
+        assert_eq!(per_replica(5, 1), 5);
+        assert_eq!(per_replica(5, 2), 3);
+        assert_eq!(per_replica(600, 2), 300);
+        assert_eq!(per_replica(5, 9), 1);
+        assert_eq!(per_replica(5, 0), 5);
+        assert_eq!(per_replica(0, 3), 0);
+    }
+
+    #[test]
+    fn each_replica_admits_its_part() {
+        let limits = RateLimits::default();
+        let tenant = Uuid::now_v7();
+        let admitted = (0..10)
+            .filter(|_| limits.check(tenant, 5, 2).is_ok())
+            .count();
+        assert_eq!(admitted, 3);
+    }
+}

@@ -82,11 +82,12 @@ fn kind(statement: &Statement) -> String {
         .take_while(|c| c.is_ascii_alphanumeric())
         .collect();
     let mut words = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if i > 0 && c.is_ascii_uppercase() && !name[..i].ends_with(|p: char| p.is_ascii_uppercase())
-        {
+    let mut previous_upper = true;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && !previous_upper {
             words.push(' ');
         }
+        previous_upper = c.is_ascii_uppercase();
         words.push(c.to_ascii_uppercase());
     }
     words

@@ -1,0 +1,150 @@
+//! A server's connection budget and the books kept on it: permits, open connections,
+//! debt after a lowered limit, waiters, and evictions whose permits are still to come back.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A server's share of connections.
+pub struct Budget {
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) limit: AtomicUsize,
+    /// Permits to swallow as connections close, after the limit was lowered.
+    pub(crate) debt: AtomicUsize,
+    pub(crate) open: AtomicUsize,
+    /// Connections opened and idle connections closed to make room, since start.
+    pub(crate) opened: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    /// Requests waiting for a permit, and evicted connections whose permits are still
+    /// to come back (the server has not closed them yet): a waiter evicts only while
+    /// there are fewer of the latter than of the former, so a slow close does not make
+    /// it evict a second tenant (who would then evict a third, and so on). A connection
+    /// is counted in `evicting` only if it was still open when chosen (see [`Life`]), and
+    /// uncounted exactly once, when its permit comes back.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) evicting: AtomicUsize,
+}
+
+/// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
+/// [`Slot`] (the driving task's side). `LIVE → EVICTED → CLOSED` or `LIVE → CLOSED`: the
+/// evictor moves it out of `LIVE` only by compare-and-swap, and the slot's drop swaps in
+/// `CLOSED` and uncounts an eviction only if it saw `EVICTED`. A connection the server
+/// has already closed (a restart, `pg_terminate_backend`) still sits idle in its pool
+/// until someone looks; choosing it for eviction counts nothing, as it frees nothing.
+pub(crate) struct Life(AtomicU8);
+
+impl Life {
+    const LIVE: u8 = 0;
+    const EVICTED: u8 = 1;
+    const CLOSED: u8 = 2;
+
+    pub(crate) fn new() -> Self {
+        Self(AtomicU8::new(Self::LIVE))
+    }
+
+    pub(crate) fn closed(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::CLOSED
+    }
+
+    /// Marks a live connection evicted, counted in `evicting` (first, so that its slot's
+    /// drop, which may follow at once, always finds the count to take back). `false`
+    /// when it was closed already: nothing is counted.
+    pub(crate) fn evict(&self, budget: &Budget) -> bool {
+        budget.evicting.fetch_add(1, Ordering::SeqCst);
+        let evicted = self
+            .0
+            .compare_exchange(
+                Self::LIVE,
+                Self::EVICTED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if evicted {
+            budget.evicted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            budget.evicting.fetch_sub(1, Ordering::SeqCst);
+        }
+        evicted
+    }
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit: AtomicUsize::new(limit),
+            debt: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            evicting: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn set_limit(&self, new: usize) {
+        let old = self.limit.swap(new, Ordering::SeqCst);
+        if new > old {
+            let mut grow = new - old;
+            // Pay back debt first.
+            while grow > 0 {
+                let debt = self.debt.load(Ordering::SeqCst);
+                if debt == 0 {
+                    break;
+                }
+                let pay = debt.min(grow);
+                if self
+                    .debt
+                    .compare_exchange(debt, debt - pay, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    grow -= pay;
+                }
+            }
+            self.semaphore.add_permits(grow);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.semaphore.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A budget permit held by one open connection.
+pub(crate) struct Slot {
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) life: Arc<Life>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        // The permit first (or the debt paid with it), the eviction uncounted after: a
+        // waiter that sees the count drop finds the permit already there, and does not
+        // close another tenant's connection for a permit on its way.
+        let owed = self
+            .budget
+            .debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok();
+        if owed {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+        self.budget.open.fetch_sub(1, Ordering::SeqCst);
+        if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
+            let counted = self
+                .budget
+                .evicting
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            debug_assert!(counted, "an eviction uncounted twice");
+        }
+    }
+}
