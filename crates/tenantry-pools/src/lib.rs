@@ -296,36 +296,56 @@ impl managed::Manager for Manager {
         // A request that ended early (its client went away) may have left a cap set.
         conn.reads.set(None);
         if conn.dirty {
-            let messages = conn
-                .client
-                .simple_query(CLEAN_SQL)
-                .await
-                .map_err(|e| RecycleError::Backend(ConnError::Pg(e)))?;
-            let counts = messages.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
-                    r.get(0).and_then(|v| v.parse::<usize>().ok()),
-                    r.get(1).and_then(|v| v.parse::<usize>().ok()),
-                )),
-                _ => None,
-            });
-            let ours = conn.client.statement_cache.size();
-            match counts {
-                Some((Some(0), Some(n))) if n >= ours => {}
-                _ => {
-                    return Err(RecycleError::message(
-                        "the session's prepared statements were changed",
-                    ))
-                }
-            }
-            conn.dirty = false;
+            clean(conn).await.map_err(RecycleError::message)?;
         }
         Ok(())
+    }
+}
+
+/// Cleans a dirty session; `Err` when it cannot be reused.
+async fn clean(conn: &mut Conn) -> Result<(), &'static str> {
+    let messages = conn
+        .client
+        .simple_query(CLEAN_SQL)
+        .await
+        .map_err(|_| "the session could not be cleaned")?;
+    // The last row is the count's (an earlier one is the unlock's).
+    let counts = messages.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+            r.try_get(0)
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<usize>().ok()),
+            r.try_get(1)
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<usize>().ok()),
+        )),
+        _ => None,
+    });
+    let ours = conn.client.statement_cache.size();
+    match counts {
+        Some((Some(0), Some(n))) if n >= ours => {
+            conn.dirty = false;
+            Ok(())
+        }
+        _ => Err("the session's prepared statements were changed"),
     }
 }
 
 type Pool = managed::Pool<Manager>;
 /// A pooled connection; returned to its pool when dropped.
 pub type Object = managed::Object<Manager>;
+
+/// Gives a connection back to its pool cleaned, now rather than at its next use: what a
+/// session holds (an advisory lock, say) is let go as soon as its request is done, not
+/// when the connection is next taken. A session that cannot be cleaned is closed.
+/// Run it in a task of its own after answering (`tokio::spawn(release(conn))`).
+pub async fn release(mut conn: Object) {
+    if conn.dirty && clean(&mut conn).await.is_err() {
+        drop(Object::take(conn));
+    }
+}
 
 struct Entry {
     pool: Pool,

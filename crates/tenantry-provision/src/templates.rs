@@ -229,6 +229,34 @@ async fn ensure_owner_role(
     join_role(admin, owner).await
 }
 
+/// [`join_role`] again before the admin acts on a tenant's objects, for a role that still
+/// exists and of which the admin is no longer a member: PostgreSQL ≤ 15 lets a role
+/// administer itself, so a tenant connected as its own role can revoke the admin's
+/// membership, which would leave the control plane unable to suspend, drop or migrate it.
+pub(crate) async fn rejoin_role(
+    admin: &tokio_postgres::Client,
+    role: &Ident,
+) -> Result<(), tokio_postgres::Error> {
+    let row = admin
+        .query_one(
+            "SELECT me.rolsuper,
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+                    EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+                            WHERE r.rolname = $1 AND m.member = me.oid)
+             FROM pg_roles me WHERE me.rolname = current_user",
+            &[&role.as_str()],
+        )
+        .await?;
+    let (superuser, exists, member): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if !superuser && exists && !member {
+        tracing::warn!(role = %role.as_str(), "the admin was no longer a member of the tenant role; joined it again");
+        admin
+            .batch_execute(&format!("GRANT {role} TO CURRENT_USER"))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Makes a non-superuser admin (CREATEDB CREATEROLE) a member of `role`, which
 /// PostgreSQL requires to act as it: to set it as a database's owner, to `SET ROLE` to
 /// it, or to reassign its objects. A superuser needs nothing.

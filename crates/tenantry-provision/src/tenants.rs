@@ -799,8 +799,15 @@ impl Provisioner {
             TenantState::Suspended => {}
             other => return Err(invalid_state(slug, other, "suspended")),
         }
+        let password = self.ensure_credentials(&tenant).await?;
+        let limit = self.plan_pool_size(&tenant.info.plan).await? + 2;
         self.lifecycle_step(&tenant, "resume", "grant", |server, t| async move {
             let admin = self.admin.get(&server).await?;
+            // The role as the control plane made it: whatever the tenant changed from its
+            // own session (its password, its settings) is put back.
+            ensure_role(&admin, &t.role, &password, limit, &self.opts)
+                .await
+                .map_err(|e| ProvisionError::server(&server.name, "restore the tenant role", &e))?;
             admin
                 .batch_execute(&format!(
                     "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
@@ -865,8 +872,23 @@ impl Provisioner {
             return Ok(());
         };
         let server = self.server_by_id(server_id).await?;
-        self.recorded(tenant, server_id, kind, name, act(server, tenant.clone()))
+        self.recorded(tenant, server_id, kind, name, async {
+            self.rejoin(&server, tenant).await?;
+            act(server.clone(), tenant.clone()).await
+        })
+        .await
+    }
+
+    /// The admin a member of the tenant's role again, if the tenant took that away.
+    pub(crate) async fn rejoin(
+        &self,
+        server: &ServerRow,
+        tenant: &TenantRow,
+    ) -> Result<(), ProvisionError> {
+        let admin = self.admin.get(server).await?;
+        crate::templates::rejoin_role(&admin, &tenant.role)
             .await
+            .map_err(|e| ProvisionError::server(&server.name, "join the tenant role", &e))
     }
 
     // ----- delete, purge -----
@@ -984,6 +1006,8 @@ impl Provisioner {
             .server_id
             .ok_or_else(|| ProvisionError::Conflict(format!("tenant {slug} has no server")))?;
         let server = self.server_by_id(server_id).await?;
+        // pg_dump reads as the admin, who must be a member of the tenant's role.
+        self.rejoin(&server, &tenant).await?;
         let pg_dump = tenantry_embedded::PgBinaries::find()
             .map(|b| b.tool("pg_dump"))
             .unwrap_or_else(|_| "pg_dump".into());
@@ -1086,7 +1110,8 @@ pub fn scram_verifier(password: &str, iterations: u32) -> String {
     )
 }
 
-/// Creates the tenant's login role, or brings an existing one to the same settings.
+/// Creates the tenant's login role, or brings an existing one back to the same settings
+/// (every setting of its own removed first: a tenant may have added some).
 /// The password is sent as a SCRAM-SHA-256 verifier computed here, so the clear text
 /// never reaches the server (nor its logs).
 async fn ensure_role(
@@ -1117,6 +1142,7 @@ async fn ensure_role(
     admin
         .batch_execute(&format!(
             "{create};
+             ALTER ROLE {role} RESET ALL;
              ALTER ROLE {role} SET statement_timeout = {st};
              ALTER ROLE {role} SET idle_in_transaction_session_timeout = {it}",
             st = opts.statement_timeout_ms,

@@ -122,7 +122,11 @@ async fn run(
     ));
     let result = execute(&mut conn, &ctx, &req, limits).await;
     conn.cap_reads(None);
-    if conn.reads_capped() {
+    let capped = conn.reads_capped();
+    // Cleaned now: a session lock or setting it took is let go at once, not when the
+    // connection is next used.
+    tokio::spawn(tenantry_pools::release(conn));
+    if capped {
         return Err(too_large(limits));
     }
     let (columns, rows, truncated) = result?;
