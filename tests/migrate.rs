@@ -43,6 +43,7 @@ impl Fleet {
             )
             .await
             .unwrap();
+        tenant_locks_released(&d).await;
         let templates = d.home.path().join("templates");
         copy_dir(
             &support::templates_dir().join("tasks"),
@@ -726,4 +727,29 @@ async fn a_file_that_fails_on_an_empty_database_stops_the_run_before_any_tenant(
         .unwrap()
         .get(0);
     assert_eq!(runs, 0);
+}
+
+/// Waits until the test's provisioner has released its tenant locks (it does so on its
+/// runtime, which a test blocked on the binary does not drive; a migration waits for a
+/// tenant's lock).
+async fn tenant_locks_released(d: &Deployment) {
+    let catalog = d.catalog().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while catalog
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tenant locks still held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

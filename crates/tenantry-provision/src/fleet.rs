@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tenantry_migrate::runner::Connector;
 
-use crate::server::{connect, ServerRow};
+use crate::server::{connect, ServerRow, TenantLock};
 use crate::{ProvisionError, Provisioner};
 
 /// Opens the runner's dedicated admin connections; each server's row (its password
@@ -16,7 +16,23 @@ pub struct FleetConnector {
     servers: DashMap<i64, ServerRow>,
 }
 
+/// A tenant's lifecycle lock, held by the runner while it migrates the tenant: a
+/// migration and a create, suspend, delete or reconcile never touch one tenant at once,
+/// and no session in a tenant database can take it.
+pub struct MigrationLock {
+    _lock: TenantLock,
+}
+
 impl Connector for FleetConnector {
+    type Lock = MigrationLock;
+
+    async fn try_lock(&self, tenant: uuid::Uuid) -> Result<Option<MigrationLock>, String> {
+        TenantLock::try_acquire(&self.provisioner.locks, tenant)
+            .await
+            .map(|lock| lock.map(|l| MigrationLock { _lock: l }))
+            .map_err(|e| e.to_string())
+    }
+
     async fn connect(
         &self,
         server: i64,

@@ -18,7 +18,7 @@ mod templates;
 mod tenants;
 
 pub use error::{ErrorKind, ProvisionError};
-pub use fleet::FleetConnector;
+pub use fleet::{FleetConnector, MigrationLock};
 pub use reconcile::{Orphan, ReconcileReport};
 pub use servers::{AddServer, ServerInfo};
 pub use tenants::{CreateTenant, TenantInfo};

@@ -263,7 +263,7 @@ fn run_table(report: &RunReport) -> String {
     let rows: Vec<Vec<String>> = report
         .tenants
         .iter()
-        .filter(|t| t.status != "ok" || report.tenants.len() <= 50)
+        .filter(|t| t.status != "ok" || !t.repaired.is_empty() || report.tenants.len() <= 50)
         .map(|t| {
             vec![
                 t.slug.clone(),
@@ -272,7 +272,11 @@ fn run_table(report: &RunReport) -> String {
                     (Some(a), Some(b)) => format!("{a} → {b}"),
                     _ => String::new(),
                 },
-                t.error.clone().unwrap_or_default(),
+                match (&t.error, t.repaired.is_empty()) {
+                    (Some(e), _) => e.clone(),
+                    (None, false) => format!("history repaired: {}", t.repaired.join("; ")),
+                    (None, true) => String::new(),
+                },
             ]
         })
         .collect();
