@@ -196,3 +196,346 @@ async fn admin_tokens_come_from_their_own_trust_root() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+async fn sql(http: &reqwest::Client, base: &str, auth: &str, sql: &str) -> (StatusCode, Value) {
+    let resp = http
+        .post(format!("{base}/v1/sql"))
+        .header("authorization", auth)
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_sql_api_refuses_what_would_reach_past_the_tenant() {
+    let d = Deployment::new().await;
+    ok(d.run(&["tenant", "create", "ent", "--plan", "enterprise"]));
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let auth = bearer(&token("ent", None));
+    let shown = d.json(&["tenant", "show", "ent"], 0);
+    let role = format!("tr_{}", shown["id"].as_str().unwrap().replace('-', ""));
+
+    for (statement, kind) in [
+        ("ALTER ROLE CURRENT_USER PASSWORD 'mine'", "ALTER ROLE"),
+        (
+            "ALTER ROLE CURRENT_USER SET statement_timeout = 0",
+            "ALTER ROLE",
+        ),
+        ("PREPARE s1 AS SELECT 1", "PREPARE"),
+        ("DEALLOCATE ALL", "DEALLOCATE"),
+        ("SET statement_timeout = 0", "SET"),
+        ("LISTEN anything", "LISTEN"),
+        ("BEGIN", "START TRANSACTION"),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+            "CREATE FUNCTION",
+        ),
+        ("CREATE ROLE evil LOGIN", "CREATE ROLE"),
+    ] {
+        let (status, body) = sql(&http, &r.base, &auth, statement).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{statement}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(kind), "{statement}: {message}");
+    }
+    // A role grant is past the parser: refused unread, never run.
+    let (status, body) = sql(
+        &http,
+        &r.base,
+        &auth,
+        &format!("REVOKE {role} FROM postgres"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, _) = sql(&http, &r.base, &auth, "SELECT 1; SELECT 2").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Session state taken through functions is let go when the request ends: an advisory
+    // lock (a migration runner's key, say) and a setting.
+    let (status, body) = sql(
+        &http,
+        &r.base,
+        &auth,
+        "SELECT pg_advisory_lock(42) IS NULL AS locked, set_config('search_path', 'nowhere', false) AS p",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let superuser = d.pg.connect(shown["database"].as_str().unwrap()).await;
+    let mut free = false;
+    for _ in 0..50 {
+        free = superuser
+            .query_one("SELECT pg_try_advisory_lock(42)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if free {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(free, "the tenant's session lock outlived its request");
+    // After the refused DEALLOCATE ALL and the rest, every request is served as before.
+    for _ in 0..6 {
+        let resp = http
+            .post(format!("{}/v1/tasks", r.base))
+            .header("authorization", &auth)
+            .json(&json!({"agent": "claude", "title": "still fine"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    // Parameter errors are the caller's (400), never 503.
+    for (statement, params) in [
+        ("SELECT $1::int AS n", json!(["not a number"])),
+        ("SELECT $1::int AS n", json!([1, 2])),
+        ("SELECT $1::uuid AS n", json!(["nope"])),
+    ] {
+        let resp = http
+            .post(format!("{}/v1/sql", r.base))
+            .header("authorization", &auth)
+            .json(&json!({"sql": statement, "params": params}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "{statement} {params}"
+        );
+        assert!(resp.headers().get("retry-after").is_none());
+    }
+}
+
+/// The router process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn one_query_cannot_exhaust_the_router() {
+    let d = Deployment::new().await;
+    ok(d.run(&["tenant", "create", "heavy", "--plan", "enterprise"]));
+    ok(d.run(&["tenant", "create", "calm", "--plan", "enterprise"]));
+    let r = d.serve(&[]).await;
+    let pid = r.process.child.id();
+    let http = reqwest::Client::new();
+    let heavy = bearer(&token("heavy", None));
+    let calm = bearer(&token("calm", None));
+    let before = rss_kib(pid);
+
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // 8 at once, each 200 MB of result (1,000 rows of 200 kB), and one row of 100 MB.
+    let mut heavy_requests = Vec::new();
+    for i in 0..9 {
+        let statement = if i < 8 {
+            "select repeat('x', 200000) as x from generate_series(1, 1000)"
+        } else {
+            "select repeat('x', 100000000) as x"
+        };
+        let (http, base, auth) = (http.clone(), r.base.clone(), heavy.clone());
+        heavy_requests.push(tokio::spawn(async move {
+            sql(&http, &base, &auth, statement).await
+        }));
+    }
+    // Meanwhile another tenant is served.
+    let mut calm_served = 0;
+    while !heavy_requests.iter().all(|h| h.is_finished()) {
+        let resp = http
+            .get(format!("{}/v1/tasks", r.base))
+            .header("authorization", &calm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        calm_served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for h in heavy_requests {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "result_too_large", "{body}");
+    }
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "router RSS: {} MiB before, {} MiB at the peak of 9 over-cap results (8 MiB cap); \
+         {calm_served} requests of another tenant served meanwhile",
+        before / 1024,
+        peak / 1024
+    );
+    // Unbounded, the same load held 1.6 GB. Each request may hold at most twice the cap
+    // (8 MiB) in rows and JSON: 9 × 16 MiB over the start.
+    assert!(
+        peak < before + 9 * 16 * 1024 + 64 * 1024,
+        "router RSS grew from {before} KiB to {peak} KiB"
+    );
+    assert!(calm_served > 0);
+    // The heavy tenant is served again, under the cap.
+    let (status, body) = sql(
+        &http,
+        &r.base,
+        &heavy,
+        "select repeat('x', 1000) as x from generate_series(1, 10)",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["row_count"], 10);
+}
+
+#[tokio::test]
+async fn a_tenant_with_its_password_cannot_take_itself_out_of_the_control_planes_hands() {
+    let d = Deployment::new().await;
+    // A server whose admin is not a superuser (CREATEDB CREATEROLE), as on managed services.
+    let superuser = d.pg.connect("postgres").await;
+    superuser
+        .batch_execute(
+            "CREATE ROLE ops LOGIN CREATEDB CREATEROLE PASSWORD 'ops-password';
+             GRANT CONNECT ON DATABASE postgres TO ops;
+             REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
+             REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;",
+        )
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://ops:ops-password@127.0.0.1:{}/postgres",
+        d.pg.port()
+    );
+    ok(d.run(&["server", "add", "limited", "--url", &url]));
+    ok(d.run(&[
+        "tenant",
+        "create",
+        "rogue",
+        "--plan",
+        "enterprise",
+        "--server",
+        "limited",
+    ]));
+    let shown = d.json(&["tenant", "show", "rogue"], 0);
+    let id: uuid::Uuid = shown["id"].as_str().unwrap().parse().unwrap();
+    let database = shown["database"].as_str().unwrap().to_owned();
+    let role = format!("tr_{}", id.simple());
+
+    // As its own role: it takes the admin's membership away, lifts its limits on its role
+    // and its database, and changes its password.
+    let own = d.connect_tenant(id, &database).await.unwrap();
+    // PostgreSQL 15 before its later minor releases let a role administer itself (this
+    // one may refuse); either way the admin loses its membership here, as on such a server.
+    let self_revoke = own.batch_execute(&format!("REVOKE {role} FROM ops")).await;
+    eprintln!(
+        "the tenant's own REVOKE of the admin's membership: {}",
+        match &self_revoke {
+            Ok(()) => "allowed by this server".to_owned(),
+            Err(e) => format!("refused by this server ({e})"),
+        }
+    );
+    if self_revoke.is_err() {
+        superuser
+            .batch_execute(&format!("REVOKE {role} FROM ops"))
+            .await
+            .unwrap();
+    }
+    own.batch_execute(&format!(
+        "ALTER ROLE CURRENT_USER SET statement_timeout = 0;
+         ALTER ROLE CURRENT_USER SET idle_in_transaction_session_timeout = 0;
+         ALTER DATABASE {database} SET statement_timeout = 0;"
+    ))
+    .await
+    .unwrap();
+    let member: bool = superuser
+        .query_one("SELECT pg_has_role('ops', $1, 'MEMBER')", &[&role.as_str()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!member, "the admin is still a member of the tenant role");
+
+    // The router's sessions keep the control plane's limits.
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let auth = bearer(&token("rogue", None));
+    let (status, body) = sql(
+        &http,
+        &r.base,
+        &auth,
+        "SELECT name, reset_val FROM pg_settings WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout') ORDER BY name",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"][0]["reset_val"], "60000", "{body}");
+    assert_eq!(body["rows"][1]["reset_val"], "30000", "{body}");
+
+    own.batch_execute("ALTER ROLE CURRENT_USER PASSWORD 'only-i-know-this-now'")
+        .await
+        .unwrap();
+    drop(own);
+
+    // Every lifecycle operation still works; resume puts the role back as it was made.
+    ok(d.run(&["tenant", "suspend", "rogue"]));
+    let resp = http
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::LOCKED);
+    ok(d.run(&["tenant", "resume", "rogue"]));
+    let mut served = false;
+    for _ in 0..40 {
+        let resp = http
+            .get(format!("{}/v1/tasks", r.base))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the tenant was not served again after resume");
+    let settings: Vec<String> = superuser
+        .query(
+            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = $1",
+            &[&role.as_str()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        settings.contains(&"statement_timeout=30000".to_owned())
+            && settings.contains(&"idle_in_transaction_session_timeout=60000".to_owned()),
+        "{settings:?}"
+    );
+    let out = d.home.path().join("rogue.dump");
+    ok(d.run(&["tenant", "export", "rogue", "--out", out.to_str().unwrap()]));
+    ok(d.run(&["tenant", "delete", "rogue", "--purge"]));
+    let left: i64 = superuser
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) + (SELECT count(*) FROM pg_roles WHERE rolname = $2)",
+            &[&database.as_str(), &role.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the tenant's database or role was left behind");
+}

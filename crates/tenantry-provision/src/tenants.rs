@@ -1135,7 +1135,12 @@ async fn ensure_role(
          CONNECTION LIMIT {connection_limit} PASSWORD {verifier}"
     );
     let create = if exists {
-        format!("ALTER ROLE {role} WITH {attributes}")
+        // Only what a role can change of itself (its password) or that the control plane
+        // changes (its limit): the superuser-only attributes cannot change, and a
+        // non-superuser admin may not even name them.
+        format!(
+            "ALTER ROLE {role} WITH LOGIN CONNECTION LIMIT {connection_limit} PASSWORD {verifier}"
+        )
     } else {
         format!("CREATE ROLE {role} WITH {attributes}")
     };
