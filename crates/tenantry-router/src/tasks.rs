@@ -268,11 +268,14 @@ fn decode_cursor(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
         .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (micros, id) = raw.split_once('|')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
+    // Earlier than any timestamptz PostgreSQL takes (it would fail the query): no task
+    // has such a created_at. chrono's latest instant is within PostgreSQL's range.
+    let micros = micros.parse().ok().filter(|m| *m >= PG_EARLIEST_MICROS)?;
+    Some((DateTime::from_timestamp_micros(micros)?, id.parse().ok()?))
 }
+
+/// PostgreSQL's earliest timestamptz, 4714-11-24 00:00:00 BC UTC, in Unix microseconds.
+const PG_EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
     params(("status" = Option<crate::openapi::TaskStatus>, Query),
@@ -511,5 +514,11 @@ mod tests {
         for bad in ["", "!!!", "bm90LWEtY3Vyc29y"] {
             assert_eq!(decode_cursor(bad), None);
         }
+        let at = |micros: i64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}|{}", t.id))
+        };
+        assert_eq!(decode_cursor(&at(PG_EARLIEST_MICROS - 1)), None);
+        assert!(decode_cursor(&at(PG_EARLIEST_MICROS)).is_some());
+        assert!(decode_cursor(&at(DateTime::<Utc>::MAX_UTC.timestamp_micros())).is_some());
     }
 }
