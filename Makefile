@@ -1,7 +1,7 @@
 # Tenantry: `make run` starts everything locally, `make test` checks everything.
 CARGO ?= cargo
 
-.PHONY: run test bench fmt lint prerequisites postgres toolchain clean
+.PHONY: run test bench fmt lint prerequisites postgres toolchain fuzzer clean
 
 ## Start Tenantry on a private PostgreSQL cluster under ./.tenantry (Ctrl-C stops it).
 run: prerequisites
@@ -28,7 +28,7 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-prerequisites: postgres toolchain
+prerequisites: postgres toolchain fuzzer
 
 ## PostgreSQL server binaries (installs Debian's `postgresql` package when root and missing).
 postgres:
@@ -39,6 +39,18 @@ toolchain:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+## schemathesis (tests/fuzz.rs), pinned in requirements-fuzz.txt, in a project-local venv;
+## reinstalled when the pin changes.
+FUZZ_VENV := .venv-fuzz
+PYTHON ?= python3
+
+fuzzer: $(FUZZ_VENV)/.installed
+
+$(FUZZ_VENV)/.installed: requirements-fuzz.txt
+	@test -x $(FUZZ_VENV)/bin/pip || $(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-fuzz.txt
+	@touch $@
+
 clean:
 	$(CARGO) clean
-	rm -rf .tenantry
+	rm -rf .tenantry $(FUZZ_VENV)

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use tenantry_provision::{AddServer, CreateTenant, ErrorKind, ProvisionError};
 
 use crate::auth::AdminAuth;
+use crate::error::{storable_opt, storable_text};
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
@@ -30,6 +31,14 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/v1/migrations", web::get().to(migrations));
 }
 
+/// A tenant slug from a path: text that cannot be a slug names no tenant (and never
+/// reaches the catalog).
+fn path_slug(path: &str) -> Result<&str, ApiError> {
+    tenantry_types::Slug::parse(path)
+        .map(|_| path)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no tenant with that slug"))
+}
+
 /// The provisioner's errors as the API shows them; failures are logged, not shown.
 fn api(e: ProvisionError) -> ApiError {
     match e.kind() {
@@ -51,14 +60,21 @@ fn api(e: ProvisionError) -> ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,39}$")]
     slug: String,
+    #[schema(value_type = Option<crate::openapi::PlanName>)]
     plan: Option<String>,
+    /// A folder of the templates directory; default `templates.default`.
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,29}$")]
     template: Option<String>,
+    /// A registered server's name; default the one with the most room.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,39}$")]
     server: Option<String>,
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", request_body = NewTenant,
     responses((status = 201, description = "created", body = Object), (status = 200, description = "existing, same options", body = Object),
+    (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse), (status = 413, description = "body too large", body = crate::openapi::ErrorResponse),
     (status = 409, body = crate::openapi::ErrorResponse), (status = 422, body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)),
     security(("bearer" = [])))]
 async fn create_tenant(
@@ -67,6 +83,10 @@ async fn create_tenant(
     body: web::Json<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
+    storable_text("slug", &b.slug)?;
+    storable_opt("plan", b.plan.as_deref())?;
+    storable_opt("template", b.template.as_deref())?;
+    storable_opt("server", b.server.as_deref())?;
     let (tenant, created) = state
         .provisioner
         .create_tenant(CreateTenant {
@@ -89,8 +109,8 @@ struct ListQuery {
     state: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", params(("state" = Option<String>, Query)),
-    responses((status = 200, body = Vec<Object>), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", params(("state" = Option<crate::openapi::TenantStateName>, Query)),
+    responses((status = 200, body = Vec<Object>), (status = 400, description = "unknown state", body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn list_tenants(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -106,14 +126,18 @@ async fn list_tenants(
     Ok(HttpResponse::Ok().json(tenants))
 }
 
-#[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path)),
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
     responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn show_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let t = state.provisioner.show_tenant(&slug).await.map_err(api)?;
+    let t = state
+        .provisioner
+        .show_tenant(path_slug(&slug)?)
+        .await
+        .map_err(api)?;
     Ok(HttpResponse::Ok().json(t))
 }
 
@@ -123,8 +147,8 @@ struct DeleteQuery {
     purge: bool,
 }
 
-#[utoipa::path(delete, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path), ("purge" = Option<bool>, Query)),
-    responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/admin/v1/tenants/{slug}", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$"), ("purge" = Option<bool>, Query)),
+    responses((status = 200, body = Object), (status = 400, description = "purge is not true or false", body = crate::openapi::ErrorResponse), (status = 409, description = "the tenant is in a state that cannot be deleted", body = crate::openapi::ErrorResponse), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn delete_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
@@ -133,51 +157,62 @@ async fn delete_tenant(
 ) -> Result<HttpResponse, ApiError> {
     let t = state
         .provisioner
-        .delete_tenant(&slug, query.purge)
+        .delete_tenant(path_slug(&slug)?, query.purge)
         .await
         .map_err(api)?;
     Ok(HttpResponse::Ok().json(t))
 }
 
-#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/suspend", tag = "admin", params(("slug" = String, Path)),
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/suspend", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
     responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn suspend_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let t = state.provisioner.suspend_tenant(&slug).await.map_err(api)?;
+    let t = state
+        .provisioner
+        .suspend_tenant(path_slug(&slug)?)
+        .await
+        .map_err(api)?;
     state.resolver.invalidate(&slug);
     Ok(HttpResponse::Ok().json(t))
 }
 
-#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/resume", tag = "admin", params(("slug" = String, Path)),
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/resume", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
     responses((status = 200, body = Object), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn resume_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let t = state.provisioner.resume_tenant(&slug).await.map_err(api)?;
+    let t = state
+        .provisioner
+        .resume_tenant(path_slug(&slug)?)
+        .await
+        .map_err(api)?;
     state.resolver.invalidate(&slug);
     Ok(HttpResponse::Ok().json(t))
 }
 
 /// The archive, streamed from a temporary file that is removed afterwards.
-#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/export", tag = "admin", params(("slug" = String, Path)),
-    responses((status = 200, description = "a pg_dump custom-format archive", content_type = "application/octet-stream"), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/export", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
+    responses((status = 200, description = "a pg_dump custom-format archive", content_type = "application/octet-stream"), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, description = "the tenant is not ready or suspended, or changed during the export", body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn export_tenant(
     state: web::Data<AppState>,
     _: AdminAuth,
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let dir = tempfile::tempdir().map_err(|e| ApiError::internal(&e))?;
-    let path = dir.path().join("export.dump");
-    state
+    let before = state
         .provisioner
-        .export_tenant(&slug, &path)
+        .show_tenant(path_slug(&slug)?)
         .await
         .map_err(api)?;
+    let dir = tempfile::tempdir().map_err(|e| ApiError::internal(&e))?;
+    let path = dir.path().join("export.dump");
+    if let Err(e) = state.provisioner.export_tenant(&slug, &path).await {
+        return Err(export_failed(&state, &before, e).await);
+    }
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -201,6 +236,33 @@ async fn export_tenant(
         .body(actix_web::body::SizedStream::new(size, stream)))
 }
 
+/// A suspend or delete ends the tenant's sessions, pg_dump's among them: an export that
+/// failed while the tenant changed (its generation moved on, or it is gone) is a
+/// conflict to retry, not an internal failure.
+async fn export_failed(
+    state: &AppState,
+    before: &tenantry_provision::TenantInfo,
+    e: ProvisionError,
+) -> ApiError {
+    if e.kind() == ErrorKind::Failed {
+        let changed = state
+            .provisioner
+            .show_tenant(&before.slug)
+            .await
+            .map_or(true, |now| {
+                now.id != before.id || now.generation != before.generation
+            });
+        if changed {
+            tracing::warn!(error = %e, slug = %before.slug, "export ended by a lifecycle change");
+            return ApiError::new(
+                ErrorCode::Conflict,
+                "the tenant was suspended, resumed or deleted during the export; retry it",
+            );
+        }
+    }
+    api(e)
+}
+
 #[utoipa::path(get, path = "/admin/v1/servers", tag = "admin", responses((status = 200, body = Vec<Object>), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn list_servers(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.provisioner.list_servers().await.map_err(api)?))
@@ -209,20 +271,42 @@ async fn list_servers(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpRe
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewServer {
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,39}$")]
     name: String,
+    /// `postgres://user:password@host:port/database`, of a role that may create
+    /// databases and roles.
+    #[schema(min_length = 1, pattern = "^[^\\u0000]+$")]
     url: String,
+    /// Tenants it may hold; default `provision.default_capacity`.
+    #[schema(minimum = 1, maximum = 2147483647)]
     capacity: Option<u32>,
+    /// Connections Tenantry may open to it; default (and at most) its own max_connections.
+    #[schema(minimum = 1, maximum = 2147483647)]
     max_connections: Option<u32>,
 }
 
 #[utoipa::path(post, path = "/admin/v1/servers", tag = "admin", request_body = NewServer,
-    responses((status = 201, body = Object), (status = 409, body = crate::openapi::ErrorResponse), (status = 422, body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
+    responses((status = 201, body = Object), (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse), (status = 413, description = "body too large", body = crate::openapi::ErrorResponse), (status = 409, body = crate::openapi::ErrorResponse), (status = 422, body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)), security(("bearer" = [])))]
 async fn add_server(
     state: web::Data<AppState>,
     _: AdminAuth,
     body: web::Json<NewServer>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
+    storable_text("name", &b.name)?;
+    storable_text("url", &b.url)?;
+    // The catalog keeps them as integer (i32).
+    for (field, value) in [
+        ("capacity", b.capacity),
+        ("max_connections", b.max_connections),
+    ] {
+        if value.is_some_and(|n| i32::try_from(n).is_err()) {
+            return Err(ApiError::new(
+                ErrorCode::UnprocessableRequest,
+                format!("{field} must be at most {}", i32::MAX),
+            ));
+        }
+    }
     let server = state
         .provisioner
         .add_server(AddServer {

@@ -292,10 +292,11 @@ impl FromRequest for TenantAuth {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let verified = app_state(req).and_then(|state| Ok(state.auth.verify(bearer(req)?)?));
         ready(verified.and_then(|claims| {
+            // A tenant claim that is no slug names no tenant: refused before any lookup.
             let tenant = claims
                 .tenant
                 .clone()
-                .filter(|t| !t.is_empty())
+                .filter(|t| tenantry_types::Slug::parse(t).is_ok())
                 .ok_or(ApiError::from(Rejection::Malformed))?;
             Ok(TenantAuth { claims, tenant })
         }))

@@ -197,6 +197,58 @@ pub(crate) fn path_config() -> web::PathConfig {
     })
 }
 
+/// Refuses text that PostgreSQL cannot store in `text` or `jsonb`: a NUL character.
+/// Checked before any database work; the 400 names `field`.
+pub(crate) fn storable_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(nul_in(field));
+    }
+    Ok(())
+}
+
+/// [`storable_text`] for an optional field.
+pub(crate) fn storable_opt(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    value.map_or(Ok(()), |v| storable_text(field, v))
+}
+
+/// [`storable_text`] for every string and every key of a JSON value, at any depth; the
+/// 400 names the place (`output.a[2]`, or `a key of output.a`).
+pub(crate) fn storable_json(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    match nul_path(value) {
+        None => Ok(()),
+        Some((path, false)) => Err(nul_in(&format!("{field}{path}"))),
+        Some((path, true)) => Err(nul_in(&format!("a key of {field}{path}"))),
+    }
+}
+
+/// Where a NUL is in `value`: the path below it (`.a[2]`), and whether it is in a key
+/// of the object there. Paths are made only for the one that is found.
+fn nul_path(value: &serde_json::Value) -> Option<(String, bool)> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then(|| (String::new(), false)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v).map(|(path, key)| (format!("[{i}]{path}"), key))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some((String::new(), true));
+            }
+            nul_path(v).map(|(path, key)| (format!(".{k}{path}"), key))
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+fn nul_in(place: &str) -> ApiError {
+    let place: String = place.chars().take(120).collect();
+    ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("{place} contains a NUL character (\\u0000), which cannot be stored"),
+    )
+}
+
 /// serde's message for a data error ("missing field `title` at line 1 column 2"),
 /// which names the caller's own fields and nothing internal.
 fn data_error(e: &serde_json::Error) -> String {
@@ -280,6 +332,33 @@ mod tests {
             json,
             serde_json::json!({"error": {"code": "rate_limited", "message": "slow down"}})
         );
+    }
+
+    #[test]
+    fn nul_anywhere_in_text_or_json_is_refused_naming_the_place() {
+        use serde_json::json;
+        assert!(storable_text("title", "a\u{85}b").is_ok());
+        assert!(storable_opt("plan", None).is_ok());
+        let e = storable_text("title", "a\0b").unwrap_err();
+        assert_eq!(
+            (e.code, e.code.status().as_u16()),
+            (ErrorCode::InvalidRequest, 400)
+        );
+        assert!(
+            e.message.starts_with("title contains a NUL"),
+            "{}",
+            e.message
+        );
+        for (value, place) in [
+            (json!({"a": {"b": [1, "x\0"]}}), "output.a.b[1] contains"),
+            (json!({"a": [{"k\0": 1}]}), "a key of output.a[0] contains"),
+            (json!({"\u{85}\0;": ""}), "a key of output contains"),
+            (json!("\0"), "output contains"),
+        ] {
+            let e = storable_json("output", &value).unwrap_err();
+            assert!(e.message.starts_with(place), "{}", e.message);
+        }
+        assert!(storable_json("input", &json!({"a": [null, true, 1.5, "\u{1}"]})).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tenantry_types::Agent;
 use uuid::Uuid;
 
 use crate::auth::TenantAuth;
+use crate::error::{storable_json, storable_text};
 use crate::tenant::{db_error, TenantCtx};
 use crate::{ApiError, AppState, ErrorCode};
 
@@ -55,37 +56,48 @@ const UPDATE: &str = concat!(
      WHERE id = $1 RETURNING ",
     task_columns!()
 );
-const STATUSES: &[&str] = &["queued", "running", "done", "failed"];
+pub(crate) const STATUSES: &[&str] = &["queued", "running", "done", "failed"];
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub user_id: String,
+    #[schema(value_type = crate::openapi::AgentName)]
     pub agent: String,
     pub title: String,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub input: Option<Value>,
+    #[schema(value_type = crate::openapi::TaskStatus)]
     pub status: String,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub output: Option<Value>,
     pub cost_cents: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-fn task(r: &tokio_postgres::Row) -> Task {
-    Task {
-        id: r.get(0),
-        user_id: r.get(1),
-        agent: r.get(2),
-        title: r.get(3),
-        input: r.get(4),
-        status: r.get(5),
-        output: r.get(6),
-        cost_cents: r.get(7),
-        created_at: r.get(8),
-        updated_at: r.get(9),
+/// A task from its row. A value that cannot be read back (a jsonb number past f64's
+/// range, written through /v1/sql) fails this request as an internal error, and never
+/// panics a worker.
+fn task(r: &tokio_postgres::Row) -> Result<Task, ApiError> {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+        r: &'a tokio_postgres::Row,
+        i: usize,
+    ) -> Result<T, ApiError> {
+        r.try_get(i).map_err(|e| ApiError::internal(&e))
     }
+    Ok(Task {
+        id: col(r, 0)?,
+        user_id: col(r, 1)?,
+        agent: col(r, 2)?,
+        title: col(r, 3)?,
+        input: col(r, 4)?,
+        status: col(r, 5)?,
+        output: col(r, 6)?,
+        cost_cents: col(r, 7)?,
+        created_at: col(r, 8)?,
+        updated_at: col(r, 9)?,
+    })
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -95,17 +107,27 @@ fn invalid(message: impl Into<String>) -> ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    #[schema(value_type = crate::openapi::AgentName)]
     agent: String,
+    /// 1 to 500 characters once leading and trailing whitespace is trimmed; no NUL.
+    #[schema(
+        min_length = 1,
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000]{0,498}[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     title: String,
+    /// Any JSON value; no NUL (\u0000) in its strings or keys.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     input: Option<Value>,
 }
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = NewTask,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = r"^[!-~]([\t -~]*[!-~])?$",
+        description = "a retry with the same key returns the same task; 1 to 200 visible ASCII characters")),
     responses((status = 201, body = Task), (status = 200, description = "an earlier task with this Idempotency-Key", body = Task),
+    (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse),
     (status = 403, description = "the plan lacks the agent", body = crate::openapi::ErrorResponse),
+    (status = 413, description = "body too large", body = crate::openapi::ErrorResponse),
     (status = 422, description = "invalid fields", body = crate::openapi::ErrorResponse),
     (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
     (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
@@ -120,7 +142,13 @@ async fn create(
     body: web::Json<NewTask>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    storable_text("title", &body.title)?;
+    if let Some(input) = &body.input {
+        storable_json("input", input)?;
+    }
     let ctx = TenantCtx::new(state, auth).await?;
+    // The token's subject is stored as the task's user_id.
+    storable_text("the token's sub claim", ctx.user())?;
     let agent: Agent = body
         .agent
         .parse()
@@ -165,7 +193,7 @@ async fn create(
         let st = tx.prepare_cached(BY_KEY).await.map_err(db_error)?;
         let existing = tx.query_opt(&st, &[key]).await.map_err(db_error)?;
         if let Some(row) = existing {
-            return Ok(HttpResponse::Ok().json(task(&row)));
+            return Ok(HttpResponse::Ok().json(task(&row)?));
         }
     }
     if let Some(limit) = quota {
@@ -210,7 +238,7 @@ async fn create(
     .await
     .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
-    Ok(HttpResponse::Created().json(task(&row)))
+    Ok(HttpResponse::Created().json(task(&row)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,14 +268,19 @@ fn decode_cursor(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
         .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (micros, id) = raw.split_once('|')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
+    // Earlier than any timestamptz PostgreSQL takes (it would fail the query): no task
+    // has such a created_at. chrono's latest instant is within PostgreSQL's range.
+    let micros = micros.parse().ok().filter(|m| *m >= PG_EARLIEST_MICROS)?;
+    Some((DateTime::from_timestamp_micros(micros)?, id.parse().ok()?))
 }
 
+/// PostgreSQL's earliest timestamptz, 4714-11-24 00:00:00 BC UTC, in Unix microseconds.
+const PG_EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
+
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
-    params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query)),
+    params(("status" = Option<crate::openapi::TaskStatus>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$", description = "a next_cursor this API gave out")),
     responses((status = 200, body = Page), (status = 400, body = crate::openapi::ErrorResponse),
     (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
     (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
@@ -300,7 +333,7 @@ async fn list(
         )
         .await
         .map_err(db_error)?;
-    let mut items: Vec<Task> = rows.iter().map(task).collect();
+    let mut items = rows.iter().map(task).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(encode_cursor)
@@ -336,16 +369,18 @@ async fn get(
     let conn = ctx.conn().await?;
     let statement = conn.prepare_cached(BY_ID).await.map_err(db_error)?;
     let row = conn.query_opt(&statement, &[&id]).await.map_err(db_error)?;
-    row.map(|r| HttpResponse::Ok().json(task(&r)))
-        .ok_or_else(not_found)
+    let row = row.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(task(&row)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TaskUpdate {
+    #[schema(value_type = Option<crate::openapi::TaskStatus>)]
     status: Option<String>,
+    /// Any JSON value (null clears it); no NUL (\u0000) in its strings or keys.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     output: Option<Option<Value>>,
 }
 
@@ -355,7 +390,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value
 }
 
 #[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskUpdate,
-    responses((status = 200, body = Task), (status = 422, body = crate::openapi::ErrorResponse),
+    responses((status = 200, body = Task),
+    (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse),
+    (status = 413, description = "body too large", body = crate::openapi::ErrorResponse),
+    (status = 422, description = "invalid fields", body = crate::openapi::ErrorResponse),
     (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
     (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
     (status = 429, description = "rate limited or quota used", body = crate::openapi::ErrorResponse),
@@ -374,6 +412,9 @@ async fn update(
             return Err(invalid("status must be queued, running, done or failed"));
         }
     }
+    if let Some(Some(output)) = &body.output {
+        storable_json("output", output)?;
+    }
     let ctx = TenantCtx::new(state, auth).await?;
     let conn = ctx.conn().await?;
     let set_output = body.output.is_some();
@@ -383,8 +424,8 @@ async fn update(
         .query_opt(&st, &[&id, &body.status, &set_output, &output])
         .await
         .map_err(db_error)?;
-    row.map(|r| HttpResponse::Ok().json(task(&r)))
-        .ok_or_else(not_found)
+    let row = row.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(task(&row)?))
 }
 
 #[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
@@ -473,5 +514,11 @@ mod tests {
         for bad in ["", "!!!", "bm90LWEtY3Vyc29y"] {
             assert_eq!(decode_cursor(bad), None);
         }
+        let at = |micros: i64| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}|{}", t.id))
+        };
+        assert_eq!(decode_cursor(&at(PG_EARLIEST_MICROS - 1)), None);
+        assert!(decode_cursor(&at(PG_EARLIEST_MICROS)).is_some());
+        assert!(decode_cursor(&at(DateTime::<Utc>::MAX_UTC.timestamp_micros())).is_some());
     }
 }

@@ -33,6 +33,7 @@ pub struct SqlLimits {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Request {
+    #[schema(min_length = 1, max_length = 100000)]
     sql: String,
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
@@ -62,6 +63,7 @@ fn statement_error(e: tokio_postgres::Error) -> ApiError {
     responses((status = 200, description = "columns, rows (JSON values), row_count, truncated", body = Object),
     (status = 400, description = "bad parameters, or text PostgreSQL cannot take (a NUL)", body = crate::openapi::ErrorResponse),
     (status = 403, description = "the plan has no SQL API, or the statement's kind is not run by it", body = crate::openapi::ErrorResponse),
+    (status = 413, description = "the request body is too large", body = crate::openapi::ErrorResponse),
     (status = 422, description = "the statement failed, or its result is past sql_max_result_bytes (result_too_large)", body = crate::openapi::ErrorResponse),
     (status = 404, description = "unknown tenant or task", body = crate::openapi::ErrorResponse),
     (status = 423, description = "tenant suspended", body = crate::openapi::ErrorResponse),
@@ -217,7 +219,13 @@ async fn execute(
         }
         let mut object = Map::new();
         for (i, name) in columns.iter().enumerate() {
-            let cell: values::Cell = row.try_get(i).map_err(|e| ApiError::internal(&e))?;
+            let cell: values::Cell = row.try_get(i).map_err(|e| {
+                tracing::debug!(error = %e, column = %name, "a value without a JSON form");
+                ApiError::new(
+                    ErrorCode::UnprocessableRequest,
+                    format!("a value of column {name:?} cannot be given as JSON; cast it to text"),
+                )
+            })?;
             bytes += name.len() + json_size(&cell.0);
             object.insert(name.clone(), cell.0);
         }
