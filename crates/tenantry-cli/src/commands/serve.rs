@@ -20,6 +20,8 @@ pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
     reconcile_at_start(&provisioner).await;
     serve_until_signal(&settings, catalog, url, provisioner, |addr| {
         tracing::info!(%addr, "router listening");
+        // The address actually bound: with `http.bind` port 0 only this line tells it.
+        println!("Router listening on http://{addr}");
     })
     .await
 }
