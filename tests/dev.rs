@@ -5,18 +5,22 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{free_port, process_alive, tenantry, wait_for_status, Running};
+use support::{process_alive, tenantry, wait_for_status, Running};
 
 fn postmaster_pid(data_dir: &Path) -> u32 {
     let text = std::fs::read_to_string(data_dir.join("data/postmaster.pid")).unwrap();
     text.lines().next().unwrap().trim().parse().unwrap()
 }
 
-fn dev(cwd: &Path, port: u16) -> Running {
+/// `tenantry dev` in `cwd`, its router on a port it binds itself (port 0: a port picked
+/// here and bound there later could be taken meanwhile by another test's cluster or
+/// router), and the router's base URL, read from its banner.
+async fn dev(cwd: &Path, timeout: Duration) -> (Running, String) {
     let mut cmd = tenantry(cwd, "dev");
-    cmd.arg("dev")
-        .env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
-    Running::spawn(cmd)
+    cmd.arg("dev").env("TENANTRY__HTTP__BIND", "127.0.0.1:0");
+    let mut running = Running::spawn(cmd);
+    let base = running.router_url(timeout).await;
+    (running, base)
 }
 
 async fn catalog_client(data_dir: &Path) -> tokio_postgres::Client {
@@ -42,21 +46,10 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
     let data_dir = home.path().join(".tenantry");
 
     // First run: initdb, catalog, router.
-    let port = free_port();
-    let first = dev(home.path(), port);
-    let ready = wait_for_status(
-        &format!("http://127.0.0.1:{port}/readyz"),
-        200,
-        Duration::from_secs(120),
-    )
-    .await;
+    let (first, base) = dev(home.path(), Duration::from_secs(120)).await;
+    let ready = wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
     assert_eq!(ready["status"], "ready");
-    let health = wait_for_status(
-        &format!("http://127.0.0.1:{port}/healthz"),
-        200,
-        Duration::from_secs(5),
-    )
-    .await;
+    let health = wait_for_status(&format!("{base}/healthz"), 200, Duration::from_secs(5)).await;
     assert_eq!(health["status"], "ok");
     let pid = postmaster_pid(&data_dir);
     assert!(process_alive(pid));
@@ -95,9 +88,7 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
 
     // A second `tenantry dev` on the same folder refuses, and harms nothing.
     let mut second = tenantry(home.path(), "dev");
-    second
-        .arg("dev")
-        .env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{}", free_port()));
+    second.arg("dev").env("TENANTRY__HTTP__BIND", "127.0.0.1:0");
     let out = support::output(second);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
@@ -108,7 +99,7 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
     let (status, stdout, _) = first.wait(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     assert!(
-        stdout.contains(&format!("curl -s http://127.0.0.1:{port}/readyz")),
+        stdout.contains(&format!("curl -s {base}/readyz")),
         "{stdout}"
     );
     assert!(!process_alive(pid), "postgres {pid} outlived tenantry dev");
@@ -118,14 +109,8 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
         .unwrap()
         .modified()
         .unwrap();
-    let port = free_port();
-    let again = dev(home.path(), port);
-    wait_for_status(
-        &format!("http://127.0.0.1:{port}/readyz"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
+    let (again, base) = dev(home.path(), Duration::from_secs(60)).await;
+    wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
     assert_eq!(
         std::fs::metadata(data_dir.join("data/PG_VERSION"))
             .unwrap()
@@ -160,14 +145,8 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
 async fn a_killed_dev_leaves_no_postgres_and_starts_again() {
     let home = tempfile::tempdir().unwrap();
     let data_dir = home.path().join(".tenantry");
-    let port = free_port();
-    let first = dev(home.path(), port);
-    wait_for_status(
-        &format!("http://127.0.0.1:{port}/readyz"),
-        200,
-        Duration::from_secs(120),
-    )
-    .await;
+    let (first, base) = dev(home.path(), Duration::from_secs(120)).await;
+    wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
     let pid = postmaster_pid(&data_dir);
     first.signal("KILL");
     let _ = first.wait(Duration::from_secs(10));
@@ -180,14 +159,8 @@ async fn a_killed_dev_leaves_no_postgres_and_starts_again() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let port = free_port();
-    let again = dev(home.path(), port);
-    wait_for_status(
-        &format!("http://127.0.0.1:{port}/readyz"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
+    let (again, base) = dev(home.path(), Duration::from_secs(60)).await;
+    wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
     let pid = postmaster_pid(&data_dir);
     again.signal("TERM");
     assert!(again.wait(Duration::from_secs(60)).0.success());

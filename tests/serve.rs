@@ -17,13 +17,12 @@ async fn serve_reports_readiness_as_the_catalog_comes_and_goes() {
     let mut pg = TestCluster::start();
     let url = catalog_url(&pg, "catalog").await;
     let home = tempfile::tempdir().unwrap();
-    let port = free_port();
     let mut cmd = tenantry(home.path(), "test");
     cmd.arg("serve")
         .env("TENANTRY__CATALOG__URL", &url)
-        .env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
-    let serve = Running::spawn(cmd);
-    let base = format!("http://127.0.0.1:{port}");
+        .env("TENANTRY__HTTP__BIND", "127.0.0.1:0");
+    let mut serve = Running::spawn(cmd);
+    let base = serve.router_url(Duration::from_secs(60)).await;
     wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
 
     // Unknown routes answer in the error shape.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `tenantry` with a clean environment: no inherited TENANTRY_* settings, quiet logs,
@@ -27,19 +28,35 @@ pub fn templates_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
 }
 
-/// A running `tenantry` process, killed when dropped.
+/// A running `tenantry` process, killed when dropped. Its stdout and stderr are
+/// collected as it writes them (so a chatty process never blocks on a full pipe, and a
+/// test can read what it printed while it runs).
 pub struct Running {
     pub child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
     pub fn spawn(mut cmd: Command) -> Self {
-        let child = cmd
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tenantry");
-        Self { child }
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
     }
 
     pub fn signal(&self, signal: &str) {
@@ -50,20 +67,58 @@ impl Running {
         assert!(status.success());
     }
 
+    /// What it has printed so far, on stdout and stderr.
+    pub fn output_so_far(&self) -> (String, String) {
+        (
+            self.stdout.lock().unwrap().clone(),
+            self.stderr.lock().unwrap().clone(),
+        )
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT`) of the router it started, from the line
+    /// `tenantry serve` and `tenantry dev` print once listening. Started with
+    /// `http.bind` port 0, the port is the one the router holds: no other process can
+    /// have it. Panics, with everything it printed, if it exits first or takes longer
+    /// than `timeout`.
+    pub async fn router_url(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.stdout.lock().unwrap().lines().find_map(|line| {
+                line.to_ascii_lowercase()
+                    .contains("router")
+                    .then(|| line.split_whitespace().find(|w| w.starts_with("http://")))
+                    .flatten()
+                    .map(str::to_owned)
+            });
+            if let Some(url) = found {
+                return url;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the readers take in its last words.
+                std::thread::sleep(Duration::from_millis(100));
+                let (out, err) = self.output_so_far();
+                panic!("tenantry exited ({status}) before its router listened\n--- stdout\n{out}\n--- stderr\n{err}");
+            }
+            if Instant::now() > deadline {
+                let (out, err) = self.output_so_far();
+                panic!("tenantry's router did not listen within {timeout:?}\n--- stdout\n{out}\n--- stderr\n{err}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the process to exit and returns its status and output.
     pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String, String) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                let mut err = String::new();
-                use std::io::Read;
-                if let Some(mut s) = self.child.stdout.take() {
-                    let _ = s.read_to_string(&mut out);
+                // The pipes close when the process (and anything it left with them) is gone.
+                let readers_done = Instant::now() + Duration::from_secs(5);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < readers_done
+                {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                if let Some(mut s) = self.child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
-                }
+                let (out, err) = self.output_so_far();
                 return (status, out, err);
             }
             assert!(
@@ -75,6 +130,24 @@ impl Running {
     }
 }
 
+/// Appends everything `pipe` yields to `into`, from a thread of its own.
+fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -82,6 +155,8 @@ impl Drop for Running {
     }
 }
 
+/// A port that was free a moment ago. Racy: another process may bind it before the
+/// caller does. For a router, bind port 0 and read [`Running::router_url`] instead.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -294,16 +369,15 @@ pub struct Router {
 }
 
 impl Deployment {
-    /// Starts `tenantry serve` on a free port and waits until it is ready.
+    /// Starts `tenantry serve` on a port of its own choosing and waits until it is ready.
     pub async fn serve(&self, vars: &[(&str, &str)]) -> Router {
-        let port = free_port();
         let mut cmd = self.cmd(&["serve"]);
-        cmd.env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
+        cmd.env("TENANTRY__HTTP__BIND", "127.0.0.1:0");
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let process = Running::spawn(cmd);
-        let base = format!("http://127.0.0.1:{port}");
+        let mut process = Running::spawn(cmd);
+        let base = process.router_url(Duration::from_secs(60)).await;
         wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
         Router { process, base }
     }

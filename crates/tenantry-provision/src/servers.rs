@@ -108,6 +108,17 @@ impl Provisioner {
             )));
         }
         let capacity = req.capacity.unwrap_or(self.opts.default_capacity) as i32;
+        // Before anything is registered: a server whose shared databases stay open to
+        // PUBLIC would let every tenant role connect to them.
+        let still_open = lock_down(&client, name.as_str(), &[&database, "template1"]).await?;
+        if !still_open.is_empty() {
+            return Err(still_public(
+                name.as_str(),
+                &user,
+                &still_open,
+                "then add the server again (nothing was registered)",
+            ));
+        }
 
         let sealed = self
             .sealer
@@ -285,30 +296,21 @@ impl Provisioner {
     }
 
     /// Takes CONNECT from PUBLIC on the server's shared databases (the admin database
-    /// and template1), so a tenant role reaches nothing but its own database. Where the
-    /// admin may not (it does not own them), says so in the log.
+    /// and template1), so a tenant role reaches nothing but its own database; fails,
+    /// saying what to run, where PUBLIC may still connect.
     pub async fn lock_down_server(&self, name: &str) -> Result<(), ProvisionError> {
         let server = self.server_by_name(name).await?;
         let admin = self.admin.get(&server).await?;
-        let mut shared = vec![server.admin_database.clone(), "template1".to_owned()];
-        shared.dedup();
-        for db in shared {
-            let Ok(ident) = Ident::new(db.clone()) else {
-                continue;
-            };
-            if let Err(e) = admin
-                .batch_execute(&format!(
-                    "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC"
-                ))
-                .await
-            {
-                tracing::warn!(
-                    server = %server.name, db = %db, error = %crate::error::describe(&e),
-                    "cannot take CONNECT from PUBLIC; tenant roles may connect to this database"
-                );
-            }
+        let still_open = lock_down(&admin, name, &[&server.admin_database, "template1"]).await?;
+        if still_open.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(still_public(
+            name,
+            &server.admin_user,
+            &still_open,
+            "then run this again",
+        ))
     }
 
     pub(crate) async fn server_by_name(&self, name: &str) -> Result<ServerRow, ProvisionError> {
@@ -347,6 +349,93 @@ impl Provisioner {
             .map(|r| ServerRow::from_row(r, &self.sealer))
             .collect()
     }
+}
+
+/// A shared database PUBLIC may still connect to, and its owner.
+#[derive(Debug)]
+struct OpenDatabase {
+    name: String,
+    owner: String,
+}
+
+/// Revokes CONNECT and TEMPORARY on `databases` from PUBLIC, then reads back which of
+/// them PUBLIC may still connect to. PostgreSQL skips a revoke by a role that does not
+/// own the database with a mere warning, so only the read-back tells.
+async fn lock_down(
+    client: &tokio_postgres::Client,
+    server: &str,
+    databases: &[&str],
+) -> Result<Vec<OpenDatabase>, ProvisionError> {
+    let mut names: Vec<String> = databases.iter().map(|d| (*d).to_owned()).collect();
+    names.dedup();
+    for db in &names {
+        let Ok(ident) = Ident::new(db.clone()) else {
+            continue;
+        };
+        // A failed or skipped revoke shows in the read-back below.
+        if let Err(e) = client
+            .batch_execute(&format!(
+                "REVOKE CONNECT, TEMPORARY ON DATABASE {ident} FROM PUBLIC"
+            ))
+            .await
+        {
+            tracing::debug!(db = %db, error = %crate::error::describe(&e), "revoke from PUBLIC failed");
+        }
+    }
+    // A NULL datacl means the defaults, which grant CONNECT to PUBLIC (grantee 0).
+    let rows = client
+        .query(
+            "SELECT d.datname::text, pg_catalog.pg_get_userbyid(d.datdba)::text
+             FROM pg_catalog.pg_database d
+             WHERE d.datname::text = ANY($1::text[])
+               AND EXISTS (
+                   SELECT 1 FROM pg_catalog.aclexplode(
+                       coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a
+                   WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')
+             ORDER BY d.datname",
+            &[&names],
+        )
+        .await
+        .map_err(|e| ProvisionError::server(server, "check who may connect", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| OpenDatabase {
+            name: r.get(0),
+            owner: r.get(1),
+        })
+        .collect())
+}
+
+/// The error for shared databases PUBLIC may still connect to: which, why, and the
+/// statements that close them.
+fn still_public(server: &str, user: &str, open: &[OpenDatabase], then: &str) -> ProvisionError {
+    let which: Vec<String> = open
+        .iter()
+        .map(|d| format!("{} (owned by {})", quote(&d.name), quote(&d.owner)))
+        .collect();
+    let statements: Vec<String> = open
+        .iter()
+        .map(|d| {
+            format!(
+                "  REVOKE CONNECT ON DATABASE {} FROM PUBLIC;",
+                quote(&d.name)
+            )
+        })
+        .collect();
+    ProvisionError::BadInput(format!(
+        "on server {server}, PUBLIC may still connect to {}: role {} does not own {}, so \
+         PostgreSQL skipped the revoke, and every tenant role could connect there. As the \
+         owner or a superuser, run:\n{}\n{then}",
+        which.join(" and "),
+        quote(user),
+        if open.len() == 1 { "it" } else { "them" },
+        statements.join("\n"),
+    ))
+}
+
+/// An identifier quoted for SQL text (also for names `Ident` refuses).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn not_found(name: &str) -> ProvisionError {

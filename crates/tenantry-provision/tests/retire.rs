@@ -341,6 +341,84 @@ async fn servers_are_checked_before_they_are_registered_and_removed_only_when_em
 }
 
 #[tokio::test]
+async fn server_add_is_refused_while_public_may_still_connect_to_shared_databases() {
+    let fleet = Fleet::new(1).await;
+    let p = &fleet.provisioner;
+    // A server of its own, untouched by any lock-down, whose admin does not own
+    // `postgres` or `template1`: its revokes are skipped with a mere warning.
+    let pg = tenantry_testkit::TestCluster::start();
+    let superuser = pg.connect("postgres").await;
+    superuser
+        .batch_execute(
+            "CREATE ROLE provisioner LOGIN CREATEDB CREATEROLE PASSWORD 'prov-pw';
+             GRANT CONNECT ON DATABASE postgres TO provisioner",
+        )
+        .await
+        .unwrap();
+    let add = || AddServer {
+        name: "limited".into(),
+        url: SecretString::from(format!(
+            "postgres://provisioner:prov-pw@127.0.0.1:{}/postgres",
+            pg.port()
+        )),
+        capacity: None,
+        max_connections: Some(20),
+    };
+    let e = p.add_server(add()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadInput, "{e}");
+    let message = e.to_string();
+    for says in [
+        "REVOKE CONNECT ON DATABASE \"postgres\" FROM PUBLIC;",
+        "REVOKE CONNECT ON DATABASE \"template1\" FROM PUBLIC;",
+        "role \"provisioner\" does not own",
+        "superuser",
+    ] {
+        assert!(message.contains(says), "{says:?} not in: {message}");
+    }
+    // Nothing registered.
+    assert!(matches!(
+        p.show_server("limited").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    ));
+    let names: Vec<String> = p
+        .list_servers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["s1"]);
+
+    // The owner closes one of them: the other is still named, alone.
+    superuser
+        .batch_execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
+        .await
+        .unwrap();
+    let message = p.add_server(add()).await.unwrap_err().to_string();
+    assert!(message.contains("\"template1\""), "{message}");
+    assert!(!message.contains("\"postgres\" FROM PUBLIC"), "{message}");
+
+    // Both closed, as the message says: the server is added.
+    superuser
+        .batch_execute("REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;")
+        .await
+        .unwrap();
+    let added = p.add_server(add()).await.unwrap();
+    assert_eq!(added.name, "limited");
+    let public_may_connect: i64 = superuser
+        .query_one(
+            "SELECT count(*) FROM pg_database
+             WHERE datname IN ('postgres', 'template1')
+               AND has_database_privilege('public', datname, 'CONNECT')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(public_may_connect, 0);
+}
+
+#[tokio::test]
 async fn reconcile_reports_orphans_both_ways() {
     let fleet = Fleet::new(1).await;
     let p = &fleet.provisioner;

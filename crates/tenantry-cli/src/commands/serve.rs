@@ -20,6 +20,8 @@ pub async fn run(_opts: Opts, settings: Settings) -> Result<(), CliError> {
     reconcile_at_start(&provisioner).await;
     serve_until_signal(&settings, catalog, url, provisioner, |addr| {
         tracing::info!(%addr, "router listening");
+        // The address actually bound: with `http.bind` port 0 only this line tells it.
+        println!("Router listening on http://{addr}");
     })
     .await
 }
@@ -92,11 +94,13 @@ pub async fn serve_until_signal(
             other => CliError::failed(other),
         })?;
     let router = tenantry_router::start(&opts, state)?;
+    // Caught before anyone is told we listen: one who then signals gets the drain.
+    let stop = shutdown_signal();
     on_listening(router.addr);
     let handle = router.handle.clone();
     let mut server = tokio::spawn(router.server);
     let result = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = stop => {
             tracing::info!(signal, "shutting down: draining requests in flight");
             handle.stop(true).await;
             let _ = server.await;
@@ -113,19 +117,29 @@ pub async fn serve_until_signal(
     result
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM; returns the signal's name.
-pub async fn shutdown_signal() -> &'static str {
+/// Catches SIGINT (Ctrl-C) and SIGTERM from now on (until then, either ends the process
+/// on the spot); the future waits for the first and returns its name.
+pub fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still works");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
+    let catch = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+            .ok()
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+    let term = catch(SignalKind::terminate(), "SIGTERM");
+    let int = catch(SignalKind::interrupt(), "SIGINT");
+    async move {
+        async fn next(signal: Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(term) => "SIGTERM",
+            _ = next(int) => "SIGINT",
+        }
     }
 }
