@@ -351,11 +351,10 @@ async fn plans_forbid_agents_and_the_quota_admits_exactly_its_count() {
     .unwrap();
     let config = config.to_str().unwrap().to_owned();
     let r = {
-        let port = support::free_port();
         let mut cmd = d.cmd(&["--config", &config, "serve"]);
-        cmd.env("TENANTRY__HTTP__BIND", format!("127.0.0.1:{port}"));
-        let process = support::Running::spawn(cmd);
-        let base = format!("http://127.0.0.1:{port}");
+        cmd.env("TENANTRY__HTTP__BIND", "127.0.0.1:0");
+        let mut process = support::Running::spawn(cmd);
+        let base = process.router_url(Duration::from_secs(60)).await;
         support::wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
         support::Router { process, base }
     };
