@@ -539,3 +539,86 @@ async fn a_tenant_with_its_password_cannot_take_itself_out_of_the_control_planes
         .get(0);
     assert_eq!(left, 0, "the tenant's database or role was left behind");
 }
+
+#[tokio::test]
+async fn unauthenticated_endpoints_cost_the_catalog_nothing() {
+    let d = Deployment::new().await;
+    let r = d
+        .serve(&[("TENANTRY__HTTP__METRICS_BIND", "127.0.0.1:0")])
+        .await;
+    let http = reqwest::Client::new();
+    let catalog = d.catalog().await;
+    let transactions = || async {
+        catalog
+            .query_one(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // /metrics lives on its own address, and not on the API's.
+    let (out, _) = r.process.output_so_far();
+    let metrics = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Metrics on "))
+        .expect("the metrics address is printed")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        http.get(format!("{}/metrics", r.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let text = http
+        .get(&metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tenantry_http_request_duration_seconds"),
+        "{text}"
+    );
+
+    // A flood of probes and scrapes: the catalog sees the probe's once-a-second look,
+    // not one transaction per call.
+    let before = transactions().await;
+    let started = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..600 {
+        let url = if i % 2 == 0 {
+            format!("{}/readyz", r.base)
+        } else {
+            metrics.clone()
+        };
+        let http = http.clone();
+        calls.push(tokio::spawn(async move {
+            http.get(url).send().await.unwrap().status()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), StatusCode::OK);
+    }
+    // Backends report their counts when idle, within ten seconds.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    catalog
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    let seconds = started.elapsed().as_secs() + 1;
+    let spent = transactions().await - before;
+    eprintln!("600 probes and scrapes in {seconds} s: {spent} catalog transactions");
+    // The probe's looks, heartbeats and the rest of the router's background work, about
+    // 7 a second here; one per call would be at least 600.
+    assert!(
+        spent < 300,
+        "{spent} catalog transactions for 600 unauthenticated calls"
+    );
+}

@@ -417,6 +417,7 @@ async fn run() -> Report {
             max_body_bytes: 262_144,
             shutdown_timeout: Duration::from_secs(5),
             workers: Some(WORKERS),
+            metrics_bind: None,
         },
         state,
     )

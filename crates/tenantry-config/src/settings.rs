@@ -94,6 +94,9 @@ pub struct CatalogSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// When set, `/metrics` is served here only (not on `bind`).
+    #[serde(default)]
+    pub metrics_bind: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub shutdown_timeout_s: u64,
 }

@@ -7,7 +7,7 @@
 mod admin;
 pub mod auth;
 mod error;
-mod health;
+pub mod health;
 mod metrics;
 pub mod openapi;
 pub mod replicas;
@@ -38,6 +38,8 @@ pub struct RouterOptions {
     pub shutdown_timeout: Duration,
     /// Worker threads; `None` is one per core.
     pub workers: Option<usize>,
+    /// `/metrics` on its own address (and not on `bind`).
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Shared by every handler.
@@ -52,6 +54,8 @@ pub struct AppState {
     pub pools: Pools,
     pub limits: Arc<tenant::RateLimits>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The catalog's readiness and figures, refreshed every second.
+    pub probe: Arc<health::Probe>,
     pub provisioner: Provisioner,
     pub min_schema_version: i32,
     pub sql: sql::SqlLimits,
@@ -136,8 +140,11 @@ impl AppState {
         // Budgets are known before the first request.
         replicas::beat(&catalog, &pools, replica, every).await?;
         let limits = Arc::new(tenant::RateLimits::default());
+        let probe = Arc::new(health::Probe::new());
+        probe.refresh(&catalog).await;
         let tasks = vec![
             resolver.spawn_listener(catalog_url),
+            probe.spawn(catalog.clone(), Duration::from_secs(1)),
             pools.spawn_reaper(Duration::from_secs(1)),
             replicas::spawn(catalog.clone(), pools.clone(), replica, every),
             {
@@ -159,6 +166,7 @@ impl AppState {
             pools,
             limits,
             metrics: Arc::new(metrics::Metrics::new()),
+            probe,
             provisioner,
             min_schema_version: r.min_schema_version,
             sql: sql::SqlLimits {
@@ -219,6 +227,8 @@ pub struct RunningRouter {
     pub addr: SocketAddr,
     pub handle: ServerHandle,
     pub server: actix_web::dev::Server,
+    /// The `/metrics` server, when it has an address of its own.
+    pub metrics: Option<(SocketAddr, actix_web::dev::Server)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +244,27 @@ pub struct BindError {
 pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, BindError> {
     let max_body = opts.max_body_bytes;
     let data = web::Data::new(state);
+    let metrics_apart = opts.metrics_bind.is_some();
+    let metrics = match opts.metrics_bind {
+        Some(addr) => {
+            let data = data.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .route("/metrics", web::get().to(metrics::metrics))
+                    .default_service(web::to(error::not_found))
+            })
+            .disable_signals()
+            .workers(1)
+            .bind(addr)
+            .map_err(|source| BindError { addr, source })?;
+            let bound = server.addrs().first().copied().unwrap_or(addr);
+            Some((bound, server.run()))
+        }
+        None => None,
+    };
     let mut server = HttpServer::new(move || {
+        let metrics_route = web::get().to(metrics::metrics);
         App::new()
             .app_data(data.clone())
             .app_data(error::json_config(max_body))
@@ -244,7 +274,11 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .wrap(actix_web::middleware::from_fn(metrics::record))
             .wrap(tracing_actix_web::TracingLogger::<Spans>::new())
             .configure(health::routes)
-            .route("/metrics", web::get().to(metrics::metrics))
+            .configure(|cfg| {
+                if !metrics_apart {
+                    cfg.route("/metrics", metrics_route);
+                }
+            })
             .route("/openapi.json", web::get().to(openapi::openapi))
             .configure(tasks::routes)
             .configure(sql::routes)
@@ -270,5 +304,6 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
         addr,
         handle: server.handle(),
         server,
+        metrics,
     })
 }

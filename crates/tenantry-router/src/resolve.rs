@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use secrecy::SecretString;
 use tenantry_catalog::{Catalog, CatalogError, Sealed, Sealer};
 use tenantry_types::{Agent, Plan, TenantState};
@@ -38,10 +37,29 @@ pub struct Route {
     pub plan: Plan,
 }
 
-struct Cached {
-    route: Option<Arc<Route>>,
-    at: Instant,
+/// A cached answer: the route, or `None` for a slug no live tenant has.
+type Cached = Option<Arc<Route>>;
+
+/// Positive answers live `ttl`, negative ones `negative_ttl`.
+struct Lifetimes {
+    ttl: Duration,
+    negative_ttl: Duration,
 }
+
+impl moka::Expiry<String, Cached> for Lifetimes {
+    fn expire_after_create(&self, _: &String, value: &Cached, _: Instant) -> Option<Duration> {
+        Some(if value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+}
+
+/// At most this many slugs are cached, and at most this many loads wait at once: both
+/// maps are keyed by what tokens name, so both are bounded.
+const CACHE_CAP: u64 = 200_000;
+const LOADING_CAP: u64 = 10_000;
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -53,10 +71,9 @@ pub struct CacheStats {
 pub struct Resolver {
     catalog: Catalog,
     sealer: Sealer,
-    ttl: Duration,
-    negative_ttl: Duration,
-    cache: DashMap<String, Cached>,
-    loading: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    cache: moka::sync::Cache<String, Cached>,
+    /// One load at a time per slug; an entry left by a cancelled load expires.
+    loading: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
     /// Grows with every invalidation; a load that saw it change is not cached.
     epoch: AtomicU64,
     pub stats: CacheStats,
@@ -67,10 +84,14 @@ impl Resolver {
         Self {
             catalog,
             sealer,
-            ttl,
-            negative_ttl,
-            cache: DashMap::new(),
-            loading: DashMap::new(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAP)
+                .expire_after(Lifetimes { ttl, negative_ttl })
+                .build(),
+            loading: moka::sync::Cache::builder()
+                .max_capacity(LOADING_CAP)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
             epoch: AtomicU64::new(0),
             stats: CacheStats::default(),
         }
@@ -78,13 +99,7 @@ impl Resolver {
 
     /// The cached answer, if fresh. No map guard outlives this call.
     pub fn cached(&self, slug: &str) -> Option<Option<Arc<Route>>> {
-        let entry = self.cache.get(slug)?;
-        let ttl = if entry.route.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
-        (entry.at.elapsed() < ttl).then(|| entry.route.clone())
+        self.cache.get(slug)
     }
 
     /// The tenant's route; `None` when no live tenant has that slug.
@@ -95,9 +110,7 @@ impl Resolver {
         }
         let lock = self
             .loading
-            .entry(slug.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone();
+            .get_with(slug.to_owned(), || Arc::new(tokio::sync::Mutex::new(())));
         let _loading = lock.lock().await;
         if let Some(hit) = self.cached(slug) {
             // Another request loaded it while we waited.
@@ -108,27 +121,19 @@ impl Resolver {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let route = self.load(slug).await?.map(Arc::new);
         if self.epoch.load(Ordering::SeqCst) == epoch {
-            self.cache.insert(
-                slug.to_owned(),
-                Cached {
-                    route: route.clone(),
-                    at: Instant::now(),
-                },
-            );
+            self.cache.insert(slug.to_owned(), route.clone());
         }
-        self.loading
-            .remove_if(slug, |_, l| Arc::strong_count(l) <= 2);
         Ok(route)
     }
 
     pub fn invalidate(&self, slug: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.remove(slug);
+        self.cache.invalidate(slug);
     }
 
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.clear();
+        self.cache.invalidate_all();
     }
 
     async fn load(&self, slug: &str) -> Result<Option<Route>, CatalogError> {

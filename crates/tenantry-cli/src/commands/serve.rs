@@ -85,6 +85,7 @@ pub async fn serve_until_signal(
         max_body_bytes: settings.http.max_body_bytes,
         shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_s),
         workers: None,
+        metrics_bind: settings.http.metrics_bind,
     };
     let sealer = crate::context::sealer(settings)?;
     let (state, background) = AppState::start(settings, catalog, catalog_url, sealer, provisioner)
@@ -97,6 +98,12 @@ pub async fn serve_until_signal(
     // Caught before anyone is told we listen: one who then signals gets the drain.
     let stop = shutdown_signal();
     on_listening(router.addr);
+    let metrics = router.metrics.map(|(addr, server)| {
+        println!("Metrics on http://{addr}/metrics");
+        let handle = server.handle();
+        tokio::spawn(server);
+        handle
+    });
     let handle = router.handle.clone();
     let mut server = tokio::spawn(router.server);
     let result = tokio::select! {
@@ -113,6 +120,9 @@ pub async fn serve_until_signal(
                 .map_err(CliError::failed)
         }
     };
+    if let Some(metrics) = metrics {
+        metrics.stop(true).await;
+    }
     background.stop().await;
     result
 }
