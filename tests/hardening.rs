@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{admin_token, token, Deployment};
+use support::{admin_token, now_s, token, Deployment};
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
@@ -50,13 +50,6 @@ fn signed(claims: Value) -> String {
         ),
     )
     .unwrap()
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]

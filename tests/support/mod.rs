@@ -312,7 +312,8 @@ pub fn test_settings() -> tenantry_config::Settings {
     .unwrap()
 }
 
-fn now_s() -> u64 {
+/// Now, in Unix seconds (as tokens count time).
+pub fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
