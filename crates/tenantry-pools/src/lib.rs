@@ -233,11 +233,12 @@ impl Manager {
                 return Err(error);
             }
             let now = tokio::time::Instant::now();
-            if now + pause >= deadline {
+            if now >= deadline {
                 tracing::debug!(error = %error, "the server kept refusing: too many connections");
                 return Err(ConnError::Budget);
             }
-            tokio::time::sleep(pause).await;
+            // Asked again up to the deadline itself, the last time at it.
+            tokio::time::sleep_until((now + pause).min(deadline)).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
