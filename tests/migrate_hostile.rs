@@ -396,3 +396,65 @@ async fn tenant_locks_released(d: &Deployment) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn what_a_tenant_planted_runs_as_the_tenant_during_its_migration_never_as_the_admin() {
+    let f = Fleet::new(2).await;
+    f.write("V2__tags.sql", "ALTER TABLE tasks ADD COLUMN tags text[];\nINSERT INTO tasks (user_id, agent, title) VALUES ('m', 'opencode', 'from a migration');");
+    // t000 plants a trigger on its own table, fired by the migration's write: it leaves
+    // the tenant's role (RESET ROLE) and tries what only the admin may do.
+    f.as_tenant("t000")
+        .await
+        .batch_execute(
+            "CREATE FUNCTION climb() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               RESET ROLE;
+               CREATE ROLE escalated LOGIN SUPERUSER;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER climb BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION climb();",
+        )
+        .await
+        .unwrap();
+    // t001 is suspended: its migration still runs, and it stays unreachable.
+    let out = f.d.run(&["tenant", "suspend", "t001"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = f.command(&["--on-error", "continue"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let climbed: i64 =
+        f.d.pg
+            .connect("postgres")
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'escalated'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(
+        climbed, 0,
+        "a tenant's trigger acted as the admin: {report}"
+    );
+    // The planted trigger failed the tenant's own migration, with PostgreSQL's reason.
+    let t000 = report_of(&report, "t000");
+    assert_eq!(t000["status"], "failed", "{t000}");
+    assert!(
+        t000["error"].as_str().unwrap_or_default().contains("42501"),
+        "{t000}"
+    );
+    // The suspended tenant was migrated, and its CONNECT taken back.
+    let t001 = report_of(&report, "t001");
+    assert_eq!(t001["status"], "ok", "{t001}");
+    assert!(f.has_column("t001", "tags").await);
+    let (id, database) = f.tenant("t001").await;
+    assert!(
+        f.d.connect_tenant(id, &database).await.is_err(),
+        "a suspended tenant could connect after its migration"
+    );
+}

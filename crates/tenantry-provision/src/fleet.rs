@@ -39,21 +39,47 @@ impl Connector for FleetConnector {
         database: &str,
         options: &str,
     ) -> Result<tokio_postgres::Client, String> {
-        let row = match self.servers.get(&server) {
-            Some(row) => row.clone(),
-            None => {
-                let row = self
-                    .provisioner
-                    .server_by_id(server)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.servers.insert(server, row.clone());
-                row
-            }
-        };
+        let row = self.server(server).await?;
         let mut config = row.config(database);
         config.application_name("tenantry-migrate").options(options);
         connect(&config, &row.name).await.map_err(|e| e.to_string())
+    }
+
+    async fn connect_as_tenant(
+        &self,
+        server: i64,
+        tenant: uuid::Uuid,
+        database: &str,
+        options: &str,
+    ) -> Result<tokio_postgres::Client, String> {
+        let row = self.server(server).await?;
+        let password = self
+            .provisioner
+            .tenant_password_by_id(tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut config = row.config(database);
+        config
+            .user(tenantry_types::TenantId(tenant).role_name().as_str())
+            .password(secrecy::ExposeSecret::expose_secret(&password))
+            .application_name("tenantry-migrate")
+            .options(options);
+        connect(&config, &row.name).await.map_err(|e| e.to_string())
+    }
+}
+
+impl FleetConnector {
+    async fn server(&self, server: i64) -> Result<ServerRow, String> {
+        if let Some(row) = self.servers.get(&server) {
+            return Ok(row.clone());
+        }
+        let row = self
+            .provisioner
+            .server_by_id(server)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.servers.insert(server, row.clone());
+        Ok(row)
     }
 }
 

@@ -669,6 +669,23 @@ impl Provisioner {
         Ok(SecretString::from(password))
     }
 
+    /// A tenant's login password, by id (the migration runner logs in as the tenant).
+    pub(crate) async fn tenant_password_by_id(
+        &self,
+        id: Uuid,
+    ) -> Result<SecretString, ProvisionError> {
+        let tenant = self.tenant_by_id(id).await?;
+        let sealed = tenant.credentials.as_ref().ok_or_else(|| {
+            ProvisionError::Conflict(format!("tenant {} has no credentials", tenant.info.slug))
+        })?;
+        let bytes = self.sealer.open(sealed, &binding(id)).map_err(|e| {
+            ProvisionError::Conflict(format!("the tenant's credentials do not open: {e}"))
+        })?;
+        Ok(SecretString::from(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
+    }
+
     /// The tenant's login password (for the router's pools and for tests).
     pub async fn tenant_password(&self, slug: &str) -> Result<SecretString, ProvisionError> {
         let tenant = self.live_tenant(slug).await?;

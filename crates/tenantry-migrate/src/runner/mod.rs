@@ -118,6 +118,18 @@ pub trait Connector: Send + Sync + 'static {
         options: &str,
     ) -> impl Future<Output = Result<tokio_postgres::Client, String>> + Send;
 
+    /// A dedicated connection to the tenant's database as the tenant's own login role
+    /// (its password from the catalog), with `options` sent at startup. Migration files
+    /// run here: whatever the tenant planted in its database (a trigger, say) runs as
+    /// the tenant and can become nothing else (`RESET ROLE` returns to the tenant).
+    fn connect_as_tenant(
+        &self,
+        server: i64,
+        tenant: Uuid,
+        database: &str,
+        options: &str,
+    ) -> impl Future<Output = Result<tokio_postgres::Client, String>> + Send;
+
     /// The tenant's lock in the catalog (the one its lifecycle operations take) if it is
     /// free now; `Ok(None)` when another process holds it.
     fn try_lock(

@@ -106,8 +106,8 @@ async fn migrate_one<C: Connector>(
     let Scope {
         connector,
         catalog,
-        run_id,
         opts,
+        ..
     } = *scope;
     let failed = |from: Option<i32>, error: String| Attempt::Failed {
         from,
@@ -139,7 +139,7 @@ async fn migrate_one<C: Connector>(
         opts.lock_timeout.as_millis().max(1),
         opts.statement_timeout.as_millis().max(1)
     );
-    let mut client = match connector
+    let admin = match connector
         .connect(target.server_id, database.as_str(), &options)
         .await
     {
@@ -151,7 +151,7 @@ async fn migrate_one<C: Connector>(
             )
         }
     };
-    match older_runner_present(&client, role.as_str()).await {
+    match older_runner_present(&admin, role.as_str()).await {
         Ok(false) => {}
         Ok(true) => return Attempt::Busy,
         Err(e) => {
@@ -173,23 +173,84 @@ async fn migrate_one<C: Connector>(
          END $rejoin$",
         name = role.as_str()
     );
-    if let Err(e) = client.batch_execute(&rejoin).await {
+    if let Err(e) = admin.batch_execute(&rejoin).await {
         return failed(
             Some(recorded),
             format!("cannot join the tenant's role: {}", pg_error(&e)),
         );
     }
-    if let Err(e) = client
-        .batch_execute(&format!(
-            "SET ROLE {role}; SET search_path = \"$user\", public"
-        ))
+    // The files run on a session of the tenant's own login role, never under the admin's
+    // `SET ROLE`: a trigger or function the tenant planted could `RESET ROLE` there and
+    // act as the admin. A suspended tenant's CONNECT is lent for the run and taken back.
+    let lent = match lend_connect(&admin, &database, &role).await {
+        Ok(lent) => lent,
+        Err(e) => {
+            return failed(
+                Some(recorded),
+                format!("cannot let the tenant's role connect: {}", pg_error(&e)),
+            )
+        }
+    };
+    let tenant_options = format!(
+        "-c lock_timeout={} -c statement_timeout={}",
+        opts.lock_timeout.as_millis().max(1),
+        opts.statement_timeout.as_millis().max(1)
+    );
+    let attempt = match connector
+        .connect_as_tenant(
+            target.server_id,
+            target.id,
+            database.as_str(),
+            &tenant_options,
+        )
         .await
     {
-        return failed(
+        Ok(mut client) => {
+            as_tenant(
+                &mut client,
+                scope,
+                target,
+                template,
+                tally,
+                recorded,
+                intent,
+            )
+            .await
+        }
+        Err(e) => failed(
             Some(recorded),
-            format!("cannot act as the tenant's role: {}", pg_error(&e)),
-        );
+            format!("cannot log in as the tenant's role: {e}"),
+        ),
+    };
+    if lent {
+        if let Err(e) = take_back_connect(&admin, &database, &role).await {
+            tracing::warn!(tenant = %target.slug, error = %pg_error(&e), "could not take back the CONNECT lent to a suspended tenant; reconcile or suspend it again");
+        }
     }
+    attempt
+}
+
+/// The migration itself, on the tenant's own session.
+async fn as_tenant<C: Connector>(
+    client: &mut tokio_postgres::Client,
+    scope: &Scope<'_, C>,
+    target: &Target,
+    template: &Template,
+    tally: &mut Tally,
+    recorded: i32,
+    intent: Option<(i32, i64)>,
+) -> Attempt {
+    let Scope {
+        catalog,
+        run_id,
+        opts,
+        ..
+    } = *scope;
+    let failed = |from: Option<i32>, error: String| Attempt::Failed {
+        from,
+        to: from,
+        error,
+    };
     let forms = match template.applied_form() {
         Ok(f) => f,
         Err(e) => return failed(Some(recorded), e.to_string()),
@@ -198,7 +259,7 @@ async fn migrate_one<C: Connector>(
     let mut level = recorded;
     if let Some((version, xid)) = intent {
         let next = template.pending_after(recorded).next().map(|f| f.version);
-        let committed = match committed_by(&client, version, xid).await {
+        let committed = match committed_by(client, version, xid).await {
             Ok(c) => c && next == Some(version),
             Err(e) => {
                 return failed(
@@ -225,9 +286,9 @@ async fn migrate_one<C: Connector>(
         }
     }
     if opts.dry_run {
-        return dry_run(&mut client, template, level, tally).await;
+        return dry_run(client, template, level, tally).await;
     }
-    match repair_history(&mut client, &forms, level).await {
+    match repair_history(client, &forms, level).await {
         Ok(notes) => {
             if !notes.is_empty() {
                 tracing::warn!(tenant = %target.slug, repaired = ?notes, "the tenant's migration history held rows the control plane never wrote; repaired");
@@ -249,7 +310,7 @@ async fn migrate_one<C: Connector>(
         let Some(form) = forms.iter().find(|f| f.version == file.version) else {
             continue;
         };
-        match apply_file(&mut client, catalog, run_id, target.id, file, form).await {
+        match apply_file(client, catalog, run_id, target.id, file, form).await {
             Ok(()) => {}
             Err(Failure::Database(e)) => {
                 let error = format!("{}: {}", file.name, pg_error(&e));
@@ -283,6 +344,50 @@ async fn migrate_one<C: Connector>(
         tally.applied.push(file.name.clone());
     }
     Attempt::Done { from, to: level }
+}
+
+/// Grants the tenant's role CONNECT on its database when it lacks it (a suspended
+/// tenant); whether it did.
+async fn lend_connect(
+    admin: &tokio_postgres::Client,
+    database: &tenantry_types::Ident,
+    role: &tenantry_types::Ident,
+) -> Result<bool, tokio_postgres::Error> {
+    let can: bool = admin
+        .query_one(
+            "SELECT pg_catalog.has_database_privilege($1::text, pg_catalog.current_database(), 'CONNECT')",
+            &[&role.as_str()],
+        )
+        .await?
+        .get(0);
+    if can {
+        return Ok(false);
+    }
+    admin
+        .batch_execute(&format!("GRANT CONNECT ON DATABASE {database} TO {role}"))
+        .await?;
+    Ok(true)
+}
+
+/// Takes back a lent CONNECT, and ends the role's sessions in the database.
+async fn take_back_connect(
+    admin: &tokio_postgres::Client,
+    database: &tenantry_types::Ident,
+    role: &tenantry_types::Ident,
+) -> Result<(), tokio_postgres::Error> {
+    admin
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {database} FROM {role}"
+        ))
+        .await?;
+    admin
+        .execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+             WHERE datname = pg_catalog.current_database() AND usename = $1::text",
+            &[&role.as_str()],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Whether a runner of an older binary (which locks only in the tenant database) holds
