@@ -108,6 +108,24 @@ async fn a_token_reaches_one_tenant_incarnation_never_a_later_one() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(message.contains("neither tenant_id nor iat"), "{message}");
 
+    // A tenant claim that is no slug (a NUL in it) names no tenant: 401 before any lookup.
+    let nul = signed(json!({
+        "sub": "u", "tenant": "ac\u{0}me", "exp": now_s() + 600, "iat": now_s(),
+        "iss": "tenantry", "aud": "tenantry-api",
+    }));
+    let (status, code, _) = error_of(
+        http.get(&tasks)
+            .header("authorization", bearer(&nul))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+
     // The new customer's own tokens work, and see none of the first customer's tasks.
     for t in [
         ok(d.run(&["token", "issue", "--tenant", "acme", "--sub", "u2"])),
@@ -281,6 +299,13 @@ async fn the_sql_api_refuses_what_would_reach_past_the_tenant() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
     }
+    // A value without a JSON form is the statement's problem (422), not the router's.
+    let (status, body) = sql(&http, &r.base, &auth, "SELECT '1e400'::jsonb AS j").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("\"j\""),
+        "{body}"
+    );
     // Parameter errors are the caller's (400), never 503.
     for (statement, params) in [
         ("SELECT $1::int AS n", json!(["not a number"])),

@@ -45,6 +45,19 @@ impl Connector for FleetConnector {
         connect(&config, &row.name).await.map_err(|e| e.to_string())
     }
 
+    async fn join_tenant_role(&self, server: i64, tenant: uuid::Uuid) -> Result<(), String> {
+        let row = self.server(server).await?;
+        let admin = self
+            .provisioner
+            .admin
+            .get(&row)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::templates::rejoin_role(&admin, &tenantry_types::TenantId(tenant).role_name())
+            .await
+            .map_err(|e| tenantry_catalog::describe_pg_error(&e))
+    }
+
     async fn connect_as_tenant(
         &self,
         server: i64,

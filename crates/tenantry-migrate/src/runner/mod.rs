@@ -118,6 +118,14 @@ pub trait Connector: Send + Sync + 'static {
         options: &str,
     ) -> impl Future<Output = Result<tokio_postgres::Client, String>> + Send;
 
+    /// Makes the admin a member of the tenant's role again if it is no longer one (a
+    /// tenant may revoke it where PostgreSQL lets a role administer itself).
+    fn join_tenant_role(
+        &self,
+        server: i64,
+        tenant: Uuid,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
     /// A dedicated connection to the tenant's database as the tenant's own login role
     /// (its password from the catalog), with `options` sent at startup. Migration files
     /// run here: whatever the tenant planted in its database (a trigger, say) runs as

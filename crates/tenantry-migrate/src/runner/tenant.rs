@@ -109,11 +109,6 @@ async fn migrate_one<C: Connector>(
         opts,
         ..
     } = *scope;
-    let failed = |from: Option<i32>, error: String| Attempt::Failed {
-        from,
-        to: from,
-        error,
-    };
     // The catalog's word, read under the lock (another runner may have moved it).
     let (recorded, intent) = match super::record::recorded(catalog, target.id).await {
         Ok(r) => r,
@@ -161,22 +156,15 @@ async fn migrate_one<C: Connector>(
             )
         }
     }
-    // A tenant connected as its own role can revoke the admin's membership of it
-    // (PostgreSQL ≤ 15 lets a role administer itself): a non-superuser admin joins it
-    // again before acting as it.
-    let rejoin = format!(
-        "DO $rejoin$ BEGIN
-           IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-              AND NOT pg_catalog.pg_has_role(current_user, '{name}', 'MEMBER') THEN
-             GRANT {role} TO CURRENT_USER;
-           END IF;
-         END $rejoin$",
-        name = role.as_str()
-    );
-    if let Err(e) = admin.batch_execute(&rejoin).await {
+    // The admin a member of the tenant's role again, if it was revoked (to lend a
+    // suspended tenant its CONNECT); the provisioner's own check, as before every step.
+    if let Err(e) = connector
+        .join_tenant_role(target.server_id, target.id)
+        .await
+    {
         return failed(
             Some(recorded),
-            format!("cannot join the tenant's role: {}", pg_error(&e)),
+            format!("cannot join the tenant's role: {e}"),
         );
     }
     // The files run on a session of the tenant's own login role, never under the admin's
@@ -246,11 +234,6 @@ async fn as_tenant<C: Connector>(
         opts,
         ..
     } = *scope;
-    let failed = |from: Option<i32>, error: String| Attempt::Failed {
-        from,
-        to: from,
-        error,
-    };
     let forms = match template.applied_form() {
         Ok(f) => f,
         Err(e) => return failed(Some(recorded), e.to_string()),
@@ -344,6 +327,15 @@ async fn as_tenant<C: Connector>(
         tally.applied.push(file.name.clone());
     }
     Attempt::Done { from, to: level }
+}
+
+/// A failure that left the tenant where it was.
+fn failed(from: Option<i32>, error: String) -> Attempt {
+    Attempt::Failed {
+        from,
+        to: from,
+        error,
+    }
 }
 
 /// Grants the tenant's role CONNECT on its database when it lacks it (a suspended
