@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use tenantry_testkit::TestCluster;
-use tenantry_types::Ident;
+use tenantry_types::{Ident, IdentError};
 
 #[test]
 fn hostile_names_round_trip_through_a_real_server() {
@@ -16,7 +16,13 @@ fn hostile_names_round_trip_through_a_real_server() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
     runner
         .run(&"[a-z\"';() \\-\\\\é☃]{1,40}", |name| {
-            let ident = Ident::new(name.clone()).unwrap();
+            // Multi-byte characters can take forty of them past PostgreSQL's 63 bytes:
+            // those are refused before any SQL, and that is the property too.
+            let ident = match Ident::new(name.clone()) {
+                Ok(ident) => ident,
+                Err(IdentError::TooLong(n)) if n == name.len() && n > 63 => return Ok(()),
+                Err(e) => panic!("{name:?} refused: {e}"),
+            };
             rt.block_on(async {
                 client
                     .batch_execute(&format!("CREATE ROLE {ident} NOLOGIN"))
