@@ -142,17 +142,19 @@ impl Catalog {
         for plan in plans {
             let agents: Vec<&str> = plan.agents.iter().map(|a| a.as_str()).collect();
             tx.execute(
-                "INSERT INTO plans (name, tasks_per_month, requests_per_minute, agents, api_access, pool_size)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO plans (name, tasks_per_month, requests_per_minute, agents, api_access, pool_size, price_cents, priority)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (name) DO UPDATE SET
                     tasks_per_month = excluded.tasks_per_month,
                     requests_per_minute = excluded.requests_per_minute,
                     agents = excluded.agents,
                     api_access = excluded.api_access,
                     pool_size = excluded.pool_size,
+                    price_cents = excluded.price_cents,
+                    priority = excluded.priority,
                     updated_at = now()
-                 WHERE (plans.tasks_per_month, plans.requests_per_minute, plans.agents, plans.api_access, plans.pool_size)
-                   IS DISTINCT FROM (excluded.tasks_per_month, excluded.requests_per_minute, excluded.agents, excluded.api_access, excluded.pool_size)",
+                 WHERE (plans.tasks_per_month, plans.requests_per_minute, plans.agents, plans.api_access, plans.pool_size, plans.price_cents, plans.priority)
+                   IS DISTINCT FROM (excluded.tasks_per_month, excluded.requests_per_minute, excluded.agents, excluded.api_access, excluded.pool_size, excluded.price_cents, excluded.priority)",
                 &[
                     &plan.name,
                     &plan.tasks_per_month.map(|n| n as i32),
@@ -160,6 +162,8 @@ impl Catalog {
                     &agents,
                     &plan.api_access,
                     &(plan.pool_size as i32),
+                    &(plan.price_cents as i32),
+                    &i16::from(plan.priority),
                 ],
             )
             .await?;
@@ -173,7 +177,8 @@ impl Catalog {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, tasks_per_month, requests_per_minute, agents, api_access, pool_size
+                "SELECT name, tasks_per_month, requests_per_minute, agents, api_access, pool_size,
+                        price_cents, priority
                  FROM plans ORDER BY name",
                 &[],
             )
@@ -191,6 +196,8 @@ impl Catalog {
                     .collect(),
                 api_access: r.get(4),
                 pool_size: r.get::<_, i32>(5) as u32,
+                price_cents: r.get::<_, i32>(6) as u32,
+                priority: r.get::<_, i16>(7) as u8,
             })
             .collect())
     }

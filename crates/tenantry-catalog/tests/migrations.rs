@@ -84,6 +84,8 @@ async fn plan_overrides_are_written_and_rewritten() {
         agents: vec![tenantry_types::Agent::Codex],
         api_access: true,
         pool_size: 3,
+        price_cents: 4900,
+        priority: 1,
     });
     cat.sync_plans(&plans).await.unwrap();
     cat.sync_plans(&plans).await.unwrap();

@@ -178,7 +178,8 @@ pub enum LogFormat {
 }
 
 /// `plans.<name>.*`: fields that replace the built-in plan's. A plan that is not
-/// built in must give them all. `tasks_per_month = -1` is unlimited.
+/// built in must give them all but `price_cents` and `priority` (0 unless given).
+/// `tasks_per_month = -1` is unlimited.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanOverride {
@@ -187,6 +188,8 @@ pub struct PlanOverride {
     pub agents: Option<Vec<String>>,
     pub api_access: Option<bool>,
     pub pool_size: Option<u32>,
+    pub price_cents: Option<u32>,
+    pub priority: Option<u8>,
 }
 
 /// The 32-byte key that encrypts stored credentials.
@@ -248,6 +251,8 @@ impl Settings {
                         agents: Vec::new(),
                         api_access: false,
                         pool_size: 1,
+                        price_cents: 0,
+                        priority: 0,
                     });
                     plans.len() - 1
                 }
@@ -292,6 +297,24 @@ impl Settings {
                     ));
                 }
                 plan.pool_size = n;
+            }
+            if let Some(n) = o.price_cents {
+                if n > i32::MAX as u32 {
+                    return Err(ConfigError::invalid(
+                        key("price_cents"),
+                        "use a monthly price in cents below 2^31",
+                    ));
+                }
+                plan.price_cents = n;
+            }
+            if let Some(n) = o.priority {
+                if n > tenantry_types::MAX_PRIORITY {
+                    return Err(ConfigError::invalid(
+                        key("priority"),
+                        "use 0 (served last) to 9 (served first)",
+                    ));
+                }
+                plan.priority = n;
             }
         }
         Ok(plans)

@@ -158,6 +158,7 @@ fn invalid_values_name_their_key() {
             "3",
             "plans.team.tasks_per_month",
         ),
+        ("TENANTRY__PLANS__PRO__PRIORITY", "10", "plans.pro.priority"),
     ] {
         let e = load(&opts("dev", &[(var, value)])).unwrap_err();
         let message = e.to_string();

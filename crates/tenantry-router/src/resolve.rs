@@ -143,7 +143,8 @@ impl Resolver {
                 "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
                         t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
                         p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
-                        p.pool_size, floor(extract(epoch FROM t.created_at))::int8
+                        p.pool_size, floor(extract(epoch FROM t.created_at))::int8,
+                        p.price_cents, p.priority
                  FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
                  WHERE t.slug = $1 AND t.state <> 'deleted'",
             )
@@ -191,6 +192,8 @@ impl Resolver {
                     .collect(),
                 api_access: r.get(16),
                 pool_size: r.get::<_, i32>(17) as u32,
+                price_cents: r.get::<_, i32>(19) as u32,
+                priority: r.get::<_, i16>(20) as u8,
             },
         }))
     }

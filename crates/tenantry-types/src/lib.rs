@@ -9,7 +9,7 @@ mod slug;
 mod state;
 
 pub use ident::{sql_literal, Ident, IdentError};
-pub use plan::{Agent, Plan, AGENTS};
+pub use plan::{Agent, Plan, AGENTS, MAX_PRIORITY};
 pub use slug::{ServerName, Slug, SlugError};
 pub use state::{ServerState, TenantState, UnknownState};
 

@@ -52,7 +52,7 @@ impl FromStr for Agent {
     }
 }
 
-/// What a plan allows. `tasks_per_month: None` is unlimited.
+/// What a plan allows and costs. `tasks_per_month: None` is unlimited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
@@ -61,7 +61,15 @@ pub struct Plan {
     pub agents: Vec<Agent>,
     pub api_access: bool,
     pub pool_size: u32,
+    /// The monthly price, in cents (recurring revenue).
+    pub price_cents: u32,
+    /// 0 to 9: when a server's connection budget is contended, waiting requests of a
+    /// higher priority get connections first (bounded, so a lower one never starves).
+    pub priority: u8,
 }
+
+/// The highest plan priority.
+pub const MAX_PRIORITY: u8 = 9;
 
 impl Plan {
     /// The plan table of the product contract.
@@ -75,6 +83,8 @@ impl Plan {
                 agents: vec![Agent::Opencode],
                 api_access: false,
                 pool_size: 2,
+                price_cents: 0,
+                priority: 0,
             },
             Plan {
                 name: "pro".into(),
@@ -83,6 +93,8 @@ impl Plan {
                 agents: all.clone(),
                 api_access: false,
                 pool_size: 5,
+                price_cents: 1900,
+                priority: 1,
             },
             Plan {
                 name: "enterprise".into(),
@@ -91,6 +103,8 @@ impl Plan {
                 agents: all,
                 api_access: true,
                 pool_size: 10,
+                price_cents: 9900,
+                priority: 2,
             },
         ]
     }
@@ -112,6 +126,13 @@ mod tests {
         assert!(free.allows(Agent::Opencode) && !free.allows(Agent::Claude));
         let ent = &plans[2];
         assert_eq!(ent.tasks_per_month, None);
+        assert_eq!(
+            plans
+                .iter()
+                .map(|p| (p.price_cents, p.priority))
+                .collect::<Vec<_>>(),
+            [(0, 0), (1900, 1), (9900, 2)]
+        );
         assert!(ent.api_access && ent.allows(Agent::Claude));
         assert_eq!(Agent::Claude.cost_cents(), 50);
         assert_eq!("cursor".parse::<Agent>().unwrap(), Agent::Cursor);
