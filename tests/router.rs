@@ -760,6 +760,7 @@ async fn a_stopped_server_costs_only_its_own_tenants() {
     let r = d
         .serve(&[
             ("TENANTRY__ROUTER__POOL_WAIT_MS", "500"),
+            ("TENANTRY__ROUTER__PRIORITY_MAX_DEFER_MS", "100"),
             ("TENANTRY__ROUTER__POOL_CONNECT_MS", "500"),
         ])
         .await;

@@ -36,6 +36,10 @@ pub struct RouterSettings {
     pub negative_ttl_s: u64,
     pub pool_wait_ms: u64,
     pub pool_connect_ms: u64,
+    /// How long a request waiting for a connection of a contended server lets requests
+    /// of a higher plan priority go first, at most (0: arrival order). Below
+    /// `pool_wait_ms`, so a lower priority is served before its deadline.
+    pub priority_max_defer_ms: u64,
     pub idle_timeout_s: u64,
     pub pool_idle_s: u64,
     pub heartbeat_s: u64,
@@ -404,6 +408,15 @@ impl Settings {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
+        }
+        if self.router.priority_max_defer_ms >= self.router.pool_wait_ms {
+            return Err(ConfigError::invalid(
+                "router.priority_max_defer_ms",
+                format!(
+                    "must be below router.pool_wait_ms ({} ms), or a lower plan could wait past its deadline",
+                    self.router.pool_wait_ms
+                ),
+            ));
         }
         if self.router.sql_max_result_bytes < 1024 {
             return Err(ConfigError::invalid(

@@ -159,6 +159,11 @@ fn invalid_values_name_their_key() {
             "plans.team.tasks_per_month",
         ),
         ("TENANTRY__PLANS__PRO__PRIORITY", "10", "plans.pro.priority"),
+        (
+            "TENANTRY__ROUTER__PRIORITY_MAX_DEFER_MS",
+            "2000",
+            "router.priority_max_defer_ms",
+        ),
     ] {
         let e = load(&opts("dev", &[(var, value)])).unwrap_err();
         let message = e.to_string();

@@ -2,9 +2,12 @@
 //! debt after a lowered limit, waiters, and evictions whose permits are still to come back.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::queue::Waiters;
 
 /// A server's share of connections.
 pub struct Budget {
@@ -24,6 +27,11 @@ pub struct Budget {
     /// uncounted exactly once, when its permit comes back.
     pub(crate) waiting: AtomicUsize,
     pub(crate) evicting: AtomicUsize,
+    /// The waiters, in the order they get permits (see [`crate::queue`]): nobody waits
+    /// inside the semaphore, permits are handed to them.
+    pub(crate) waiters: Mutex<Waiters>,
+    /// How long a waiter defers to higher priorities at most.
+    pub(crate) max_defer: Duration,
 }
 
 /// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
@@ -71,7 +79,7 @@ impl Life {
 }
 
 impl Budget {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, max_defer: Duration) -> Self {
         Self {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit: AtomicUsize::new(limit),
@@ -81,6 +89,8 @@ impl Budget {
             evicted: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             evicting: AtomicUsize::new(0),
+            waiters: Mutex::new(Waiters::default()),
+            max_defer,
         }
     }
 
@@ -104,6 +114,7 @@ impl Budget {
                 }
             }
             self.semaphore.add_permits(grow);
+            self.returned();
         } else if new < old {
             let shrink = old - new;
             let forgotten = self.semaphore.forget_permits(shrink);
@@ -136,6 +147,7 @@ impl Drop for Slot {
             permit.forget();
         } else {
             drop(permit);
+            self.budget.returned();
         }
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
         if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {

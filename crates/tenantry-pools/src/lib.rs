@@ -10,6 +10,9 @@
 //!   the other pool on the server used least lately (a decaying use count, then the
 //!   last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
+//! * Waiters get permits in **priority** order ([`Target::priority`], the plan's), a lower
+//!   one deferring to higher ones for at most [`PoolConfig::priority_max_defer`], then
+//!   served in arrival order ([`queue`]).
 //! * The books balance on every path: each connection's permit, its `open` count and
 //!   (if it was evicted) its `evicting` count come back exactly once, when the task
 //!   driving it ends, however it ends; waiters uncount themselves when dropped.
@@ -25,6 +28,7 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use secrecy::{ExposeSecret, SecretString};
 
 mod budget;
+mod queue;
 mod stream;
 pub use budget::Budget;
 use budget::{Life, Slot};
@@ -46,6 +50,9 @@ pub struct PoolConfig {
     /// `options`): start-up options outrank the role's and the database's own defaults,
     /// which a tenant can change, and `RESET` returns to them.
     pub session_options: String,
+    /// The longest a request waiting for a budget permit lets requests of a higher
+    /// priority go first; past it, it is served in arrival order. Zero: arrival order.
+    pub priority_max_defer: Duration,
 }
 
 /// Where and as whom a tenant's pool connects.
@@ -61,6 +68,9 @@ pub struct Target {
     pub user: String,
     pub password: SecretString,
     pub max_size: usize,
+    /// The plan's priority: when the server's budget is contended, waiters of a higher
+    /// one get permits first (within [`PoolConfig::priority_max_defer`]).
+    pub priority: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,27 +166,26 @@ pub struct Manager {
     tenant: Uuid,
     server: i64,
     wait: Duration,
+    priority: u8,
 }
 
 impl Manager {
-    /// A permit of the server's budget: a free one; else close an idle connection of
-    /// another tenant on this server (unless enough closes are already on their way for
-    /// everyone waiting) and wait a moment for a permit; again, until the deadline.
+    /// A permit of the server's budget: a free one when nobody waits; else a place in
+    /// the queue, which hands out permits by priority ([`queue`]); while waiting, close an
+    /// idle connection of another tenant on this server (unless enough closes are
+    /// already on their way for everyone waiting) and wait a moment for a permit; again,
+    /// until the deadline.
     async fn permit(&self, deadline: tokio::time::Instant) -> Result<Slot, ConnError> {
-        if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
-            return Ok(self.slot(p));
-        }
         let budget = &self.budget;
-        budget.waiting.fetch_add(1, Ordering::SeqCst);
-        struct Waiting<'a>(&'a Budget);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Nobody ahead: a free permit is taken (a waiter would be handed it otherwise).
+        if budget.waiting.load(Ordering::SeqCst) == 0 {
+            if let Ok(p) = budget.semaphore.clone().try_acquire_owned() {
+                return Ok(self.slot(p));
             }
         }
-        let _waiting = Waiting(budget);
+        let mut wait = budget.wait(self.priority);
         let permit = loop {
-            if let Ok(p) = self.budget.semaphore.clone().try_acquire_owned() {
+            if let Some(p) = wait.granted() {
                 break p;
             }
             let short =
@@ -191,12 +200,11 @@ impl Manager {
                 return Err(ConnError::Budget);
             }
             let pause = (deadline - now).min(Duration::from_millis(10));
-            if let Ok(Ok(p)) =
-                tokio::time::timeout(pause, self.budget.semaphore.clone().acquire_owned()).await
-            {
+            if let Some(p) = wait.granted_within(pause).await {
                 break p;
             }
         };
+        drop(wait);
         Ok(self.slot(permit))
     }
 
@@ -506,7 +514,12 @@ impl Pools {
         self.inner
             .budgets
             .entry(server)
-            .or_insert_with(|| Arc::new(Budget::new(self.inner.default_budget)))
+            .or_insert_with(|| {
+                Arc::new(Budget::new(
+                    self.inner.default_budget,
+                    self.inner.config.priority_max_defer,
+                ))
+            })
             .clone()
     }
 
@@ -605,6 +618,7 @@ impl Pools {
             tenant: target.tenant,
             server: target.server,
             wait: c.wait_timeout,
+            priority: target.priority,
         };
         managed::Pool::builder(manager)
             .max_size(max_size)
@@ -732,6 +746,7 @@ mod tests {
                 idle_timeout: wait,
                 pool_idle_timeout: wait,
                 session_options: String::new(),
+                priority_max_defer: Duration::ZERO,
             },
             10,
         )

@@ -2,37 +2,11 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
-use tenantry_pools::{PoolConfig, PoolError, Pools, Target};
+use tenantry_pools::{PoolConfig, PoolError, Pools};
 use tenantry_testkit::TestCluster;
-use uuid::Uuid;
 
-async fn tenants(pg: &TestCluster, n: usize) -> Vec<Target> {
-    let admin = pg.connect("postgres").await;
-    let mut out = Vec::new();
-    for i in 0..n {
-        admin
-            .batch_execute(&format!("CREATE ROLE r{i} LOGIN PASSWORD 'pw{i}'"))
-            .await
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE d{i} OWNER r{i}"))
-            .await
-            .unwrap();
-        out.push(Target {
-            tenant: Uuid::now_v7(),
-            generation: 1,
-            server: 1,
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            database: format!("d{i}"),
-            user: format!("r{i}"),
-            password: SecretString::from(format!("pw{i}")),
-            max_size: 2,
-        });
-    }
-    out
-}
+mod support;
+use support::numbered;
 
 fn config() -> PoolConfig {
     PoolConfig {
@@ -41,6 +15,7 @@ fn config() -> PoolConfig {
         idle_timeout: Duration::from_millis(400),
         pool_idle_timeout: Duration::from_millis(400),
         session_options: String::new(),
+        priority_max_defer: Duration::ZERO,
     }
 }
 
@@ -59,7 +34,7 @@ async fn backends(pg: &TestCluster) -> i64 {
 #[tokio::test]
 async fn the_budget_caps_connections_across_tenants_and_idle_ones_make_room() {
     let pg = TestCluster::start();
-    let targets = tenants(&pg, 6).await;
+    let targets = numbered(&pg, "r", 6).await;
     let pools = Pools::new(config(), 3);
 
     // Three tenants hold one connection each: the budget is spent.
@@ -96,7 +71,7 @@ async fn the_budget_caps_connections_across_tenants_and_idle_ones_make_room() {
 #[tokio::test]
 async fn a_raised_or_lowered_budget_takes_effect() {
     let pg = TestCluster::start();
-    let targets = tenants(&pg, 4).await;
+    let targets = numbered(&pg, "r", 4).await;
     let pools = Pools::new(config(), 1);
     let a = pools.get(&targets[0]).await.unwrap();
     assert!(matches!(pools.get(&targets[1]).await, Err(PoolError::Busy)));
@@ -120,7 +95,7 @@ async fn a_raised_or_lowered_budget_takes_effect() {
 #[tokio::test]
 async fn sessions_leave_no_state_and_a_dead_database_is_unavailable() {
     let mut pg = TestCluster::start();
-    let targets = tenants(&pg, 1).await;
+    let targets = numbered(&pg, "r", 1).await;
     let pools = Pools::new(config(), 2);
     let mut t = targets[0].clone();
     t.max_size = 1;
@@ -172,7 +147,7 @@ async fn holders(pg: &TestCluster) -> Vec<String> {
 #[tokio::test]
 async fn under_pressure_the_rarely_used_tenant_makes_room_not_the_busy_one() {
     let pg = TestCluster::start();
-    let targets = tenants(&pg, 3).await;
+    let targets = numbered(&pg, "r", 3).await;
     let pools = Pools::new(config(), 2);
     // r0 is busy (many requests), r1 was seen once, but more recently.
     for _ in 0..20 {

@@ -6,34 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use tenantry_pools::{PoolConfig, PoolError, Pools, ServerUsage, Target};
+use tenantry_pools::{PoolConfig, PoolError, Pools, Target};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
-async fn tenants(pg: &TestCluster, n: usize) -> Vec<Target> {
-    let admin = pg.connect("postgres").await;
-    let mut out = Vec::new();
-    for i in 0..n {
-        for sql in [
-            format!("CREATE ROLE f{i} LOGIN PASSWORD 'pw{i}'"),
-            format!("CREATE DATABASE f{i} OWNER f{i}"),
-        ] {
-            admin.batch_execute(&sql).await.unwrap();
-        }
-        out.push(Target {
-            tenant: Uuid::now_v7(),
-            generation: 1,
-            server: 1,
-            host: "127.0.0.1".into(),
-            port: pg.port(),
-            database: format!("f{i}"),
-            user: format!("f{i}"),
-            password: SecretString::from(format!("pw{i}")),
-            max_size: 2,
-        });
-    }
-    out
-}
+mod support;
+use support::{numbered, settle, usage};
 
 fn config() -> PoolConfig {
     PoolConfig {
@@ -42,19 +20,7 @@ fn config() -> PoolConfig {
         idle_timeout: Duration::from_secs(60),
         pool_idle_timeout: Duration::from_secs(60),
         session_options: String::new(),
-    }
-}
-
-fn usage(pools: &Pools) -> ServerUsage {
-    pools.usage().into_iter().find(|u| u.server == 1).unwrap()
-}
-
-/// Waits until `check` holds for the server's usage.
-async fn settle(pools: &Pools, what: &str, check: impl Fn(&ServerUsage) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check(&usage(pools)) {
-        assert!(Instant::now() < deadline, "{what}: {:?}", usage(pools));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        priority_max_defer: Duration::ZERO,
     }
 }
 
@@ -90,7 +56,7 @@ async fn whole_budget_available(pools: &Pools, targets: &[Target], budget: usize
 async fn an_idle_connection_killed_server_side_and_then_evicted_costs_nothing() {
     let pg = TestCluster::start();
     let admin = pg.connect("postgres").await;
-    let t = tenants(&pg, 5).await;
+    let t = numbered(&pg, "f", 5).await;
     let pools = Pools::new(config(), 2);
 
     let a = pools.get(&t[0]).await.unwrap();
@@ -165,7 +131,7 @@ async fn under_load_with_backends_killed_at_random_the_books_balance() {
     let pg = TestCluster::start();
     let tenants_n = 10;
     let budget = 4;
-    let t = Arc::new(tenants(&pg, tenants_n).await);
+    let t = Arc::new(numbered(&pg, "f", tenants_n).await);
     let pools = Pools::new(config(), budget);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -247,14 +213,14 @@ async fn under_load_with_backends_killed_at_random_the_books_balance() {
 #[tokio::test]
 async fn a_role_at_its_connection_limit_is_waited_for_not_an_error() {
     let pg = TestCluster::start();
-    let t = tenants(&pg, 1).await;
+    let t = numbered(&pg, "f", 1).await;
     pg.connect("postgres")
         .await
         .batch_execute("ALTER ROLE f0 CONNECTION LIMIT 1")
         .await
         .unwrap();
     // Another replica holds the role's only connection.
-    let url = format!("postgres://f0:pw0@127.0.0.1:{}/f0", pg.port());
+    let url = format!("postgres://f0:pw@127.0.0.1:{}/f0", pg.port());
     let (other, driver) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -314,6 +280,7 @@ async fn cancelled_and_timed_out_requests_give_everything_back() {
         user: format!("u{i}"),
         password: SecretString::from("pw".to_owned()),
         max_size: 2,
+        priority: 0,
     };
     let pools = Pools::new(
         PoolConfig {

@@ -122,6 +122,7 @@ impl AppState {
         let pools = Pools::new(
             PoolConfig {
                 wait_timeout: Duration::from_millis(r.pool_wait_ms),
+                priority_max_defer: Duration::from_millis(r.priority_max_defer_ms),
                 connect_timeout: Duration::from_millis(r.pool_connect_ms),
                 idle_timeout: Duration::from_secs(r.idle_timeout_s),
                 pool_idle_timeout: Duration::from_secs(r.pool_idle_s),

@@ -159,6 +159,7 @@ impl TenantCtx {
             user: r.role.clone(),
             password: r.password.clone(),
             max_size: r.plan.pool_size as usize,
+            priority: r.plan.priority,
         };
         self.state.pools.get(&target).await.map_err(|e| {
             let retry = match &e {

@@ -1,0 +1,59 @@
+//! What the pools' tests share: tenants (a role and a database each) on a real server,
+//! and the server's books.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tenantry_pools::{Pools, ServerUsage, Target};
+use tenantry_testkit::TestCluster;
+use uuid::Uuid;
+
+/// A role and a database per name (both so named, password `pw`), on server 1; each
+/// target carries its priority.
+pub async fn tenants(pg: &TestCluster, names: &[(&str, u8)]) -> Vec<Target> {
+    let admin = pg.connect("postgres").await;
+    let mut out = Vec::new();
+    for &(name, priority) in names {
+        for sql in [
+            format!("CREATE ROLE {name} LOGIN PASSWORD 'pw'"),
+            format!("CREATE DATABASE {name} OWNER {name}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        out.push(Target {
+            tenant: Uuid::now_v7(),
+            generation: 1,
+            server: 1,
+            host: "127.0.0.1".into(),
+            port: pg.port(),
+            database: name.into(),
+            user: name.into(),
+            password: SecretString::from("pw".to_owned()),
+            max_size: 2,
+            priority,
+        });
+    }
+    out
+}
+
+/// `n` tenants `{prefix}0`, `{prefix}1`, …, of priority 0.
+pub async fn numbered(pg: &TestCluster, prefix: &str, n: usize) -> Vec<Target> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let names: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 0)).collect();
+    tenants(pg, &names).await
+}
+
+/// Server 1's books.
+pub fn usage(pools: &Pools) -> ServerUsage {
+    pools.usage().into_iter().find(|u| u.server == 1).unwrap()
+}
+
+/// Waits until `check` holds for server 1's books.
+pub async fn settle(pools: &Pools, what: &str, check: impl Fn(&ServerUsage) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check(&usage(pools)) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", usage(pools));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
