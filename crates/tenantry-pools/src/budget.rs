@@ -135,9 +135,10 @@ impl Drop for Slot {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        // The permit first (or the debt paid with it), the eviction uncounted after: a
-        // waiter that sees the count drop finds the permit already there, and does not
-        // close another tenant's connection for a permit on its way.
+        // The permit first (handed to the first waiter, or the debt paid with it), the
+        // eviction uncounted after: a waiter that sees the count drop finds the permit
+        // already given out, and does not close another tenant's connection for a
+        // permit on its way.
         let owed = self
             .budget
             .debt
