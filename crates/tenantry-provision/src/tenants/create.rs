@@ -50,14 +50,7 @@ impl Provisioner {
     ) -> Result<(TenantInfo, bool), ProvisionError> {
         let slug = Slug::parse(&req.slug).map_err(|e| ProvisionError::BadInput(e.to_string()))?;
         let plan = req.plan.clone().unwrap_or_else(|| "free".to_owned());
-        let plans = self.catalog.plans().await?;
-        if !plans.iter().any(|p| p.name == plan) {
-            let names: Vec<_> = plans.iter().map(|p| p.name.as_str()).collect();
-            return Err(ProvisionError::BadInput(format!(
-                "unknown plan {plan:?}; choose one of: {}",
-                names.join(", ")
-            )));
-        }
+        self.known_plan(&plan).await?;
         let template_name = req
             .template
             .clone()
@@ -182,6 +175,10 @@ impl Provisioner {
                     ],
                 )
                 .await?;
+            if inserted == 1 {
+                // The tenant's first plan, from its creation: a period's bill starts here.
+                super::plan::record_change(&tx, id.0, None, plan, None).await?;
+            }
             tx.commit().await?;
             return Ok((inserted == 1).then_some(id.0));
         }
@@ -292,7 +289,7 @@ impl Provisioner {
         })?;
         let server = self.server_by_id(server_id).await?;
         let template = self.load_template(&tenant.info.template)?;
-        let plan_pool = self.plan_pool_size(&tenant.info.plan).await?;
+        let limit = self.role_connection_limit(&tenant.info.plan).await?;
 
         *step_name = "creating";
         self.step(tenant, &server, "creating", async {
@@ -332,7 +329,6 @@ impl Provisioner {
         *step_name = "role";
         self.step(tenant, &server, "role", async {
             let admin = self.admin.get(&server).await?;
-            let limit = plan_pool + 2;
             ensure_role(&admin, &tenant.role, &password, limit, &self.opts)
                 .await
                 .map_err(|e| ProvisionError::server(&server.name, "create the tenant role", &e))

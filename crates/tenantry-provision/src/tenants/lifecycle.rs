@@ -45,7 +45,7 @@ impl Provisioner {
             other => return Err(invalid_state(slug, other, "suspended")),
         }
         let password = self.ensure_credentials(&tenant).await?;
-        let limit = self.plan_pool_size(&tenant.info.plan).await? + 2;
+        let limit = self.role_connection_limit(&tenant.info.plan).await?;
         self.lifecycle_step(&tenant, "resume", "grant", |server, t| async move {
             let admin = self.admin.get(&server).await?;
             // The role as the control plane made it: whatever the tenant changed from its

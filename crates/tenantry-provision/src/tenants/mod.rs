@@ -5,7 +5,10 @@
 mod create;
 mod export;
 mod lifecycle;
+mod plan;
 mod role;
+
+pub(crate) use plan::PLAN_CHANGE;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -43,6 +46,9 @@ pub struct TenantInfo {
     pub schema_version: i32,
     pub created_at: DateTime<Utc>,
     pub generation: i64,
+    /// Since when the tenant has its plan (its last `plan_changes` row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_since: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +62,8 @@ pub struct TenantInfo {
 const TENANT_SELECT: &str =
     "SELECT t.id, t.slug, t.plan, t.template, s.name, t.database_name, t.state,
         t.schema_version, t.created_at, t.generation, t.failed_step, t.last_error, t.deleted_at,
-        t.purge_after, t.server_id, t.role_name, t.credentials, t.key_version, t.purged_at
+        t.purge_after, t.server_id, t.role_name, t.credentials, t.key_version, t.purged_at,
+        (SELECT max(c.changed_at) FROM plan_changes c WHERE c.tenant_id = t.id)
     FROM tenants t LEFT JOIN servers s ON s.id = t.server_id";
 
 /// A tenant row with what the lifecycle needs beyond [`TenantInfo`].
@@ -99,6 +106,7 @@ impl TenantRow {
                 schema_version: r.get(7),
                 created_at: r.get(8),
                 generation: r.get(9),
+                plan_since: r.get(19),
                 failed_step: r.get(10),
                 last_error: r.get(11),
                 deleted_at: r.get(12),

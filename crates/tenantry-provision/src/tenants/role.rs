@@ -14,14 +14,31 @@ fn binding(id: Uuid) -> String {
 }
 
 impl Provisioner {
-    pub(super) async fn plan_pool_size(&self, plan: &str) -> Result<u32, ProvisionError> {
-        Ok(self
+    /// A tenant role's connection limit on `plan`: the plan's pool size + 2, so the
+    /// router replicas' pools fit in it (see ARCHITECTURE.md, "Replicas together keep a
+    /// tenant's limits"). The one computation: create, resume and plan changes use it.
+    pub(super) async fn role_connection_limit(&self, plan: &str) -> Result<u32, ProvisionError> {
+        let pool_size = self
             .catalog
             .plans()
             .await?
             .into_iter()
             .find(|p| p.name == plan)
-            .map_or(2, |p| p.pool_size))
+            .map_or(2, |p| p.pool_size);
+        Ok(pool_size + 2)
+    }
+
+    /// `plan` if the catalog's plan table has it; else bad input naming the plans.
+    pub(super) async fn known_plan(&self, plan: &str) -> Result<(), ProvisionError> {
+        let plans = self.catalog.plans().await?;
+        if plans.iter().any(|p| p.name == plan) {
+            return Ok(());
+        }
+        let names: Vec<_> = plans.iter().map(|p| p.name.as_str()).collect();
+        Err(ProvisionError::BadInput(format!(
+            "unknown plan {plan:?}; choose one of: {}",
+            names.join(", ")
+        )))
     }
 
     /// The tenant's password: sealed into the catalog before any role uses it, so a
@@ -176,4 +193,17 @@ pub(super) async fn ensure_role(
         .await?;
     // To make the role a database's owner and hand it the template's objects.
     crate::templates::join_role(admin, role).await
+}
+
+/// Sets an existing tenant role's connection limit (a plan change).
+pub(super) async fn set_connection_limit(
+    admin: &tokio_postgres::Client,
+    role: &Ident,
+    connection_limit: u32,
+) -> Result<(), tokio_postgres::Error> {
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} WITH CONNECTION LIMIT {connection_limit}"
+        ))
+        .await
 }
