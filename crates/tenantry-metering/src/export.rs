@@ -168,7 +168,6 @@ pub async fn export<C: Connector>(
     // revoked and a deleted one's database is going: theirs are the routers' counts.
     let own = read_tenants(&tenants, connector, opts).await;
 
-    let now = Utc::now();
     let mut records = Vec::new();
     let mut errors = Vec::new();
     for t in &tenants {
@@ -228,8 +227,10 @@ pub async fn export<C: Connector>(
                 ));
             }
         }
+        // To the period's end unless deleted before: a month under way is billed for
+        // the plan held now, as a subscription is, and two exports agree.
         let from = start.max(t.created_at);
-        let to = end.min(t.deleted_at.unwrap_or(end)).min(now);
+        let to = end.min(t.deleted_at.unwrap_or(end));
         let history = changes.remove(&t.id).unwrap_or_default();
         for (plan, seconds) in plan_seconds(&history, &t.plan, from, to) {
             records.push(Record::new(

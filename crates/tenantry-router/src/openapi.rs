@@ -85,6 +85,20 @@ impl PartialSchema for TenantStateName {
 
 impl ToSchema for TenantStateName {}
 
+/// A format of the usage export (`tenantry_metering::Format::NAMES`).
+pub struct UsageFormat;
+
+impl PartialSchema for UsageFormat {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            "json (default), csv, stripe (meter events) or cloudevents (OpenMeter)",
+            tenantry_metering::Format::NAMES,
+        )
+    }
+}
+
+impl ToSchema for UsageFormat {}
+
 struct Bearer;
 
 impl Modify for Bearer {
@@ -125,8 +139,9 @@ impl Modify for Bearer {
         crate::admin::list_servers,
         crate::admin::add_server,
         crate::admin::migrations,
+        crate::usage::usage,
     ),
-    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName)),
+    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, UsageFormat)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
