@@ -537,3 +537,90 @@ async fn metrics_show_the_fleets_business_and_never_a_tenant() {
         );
     }
 }
+
+/// Tasks in the catalog's `task_counts`, all tenants and agents.
+async fn counted(catalog: &tokio_postgres::Client) -> i64 {
+    catalog
+        .query_one(
+            "SELECT coalesce(sum(tasks), 0)::bigint FROM task_counts",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_the_catalog_refuses_keeps_its_counts_for_the_next_one() {
+    let d = Deployment::new().await;
+    create_tenant(&d, &["acme", "--plan", "pro"]);
+    let catalog = d.catalog().await;
+    // Every flush fails while this trigger stands.
+    catalog
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON task_counts
+                 FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let router = d
+        .serve(&[("TENANTRY__ROUTER__USAGE_FLUSH_MS", "100")])
+        .await;
+    let http = reqwest::Client::new();
+    let acme = bearer(&token("acme", None));
+    let mut created = 0;
+    for agent in ["codex", "codex", "claude"] {
+        let r = http
+            .post(format!("{}/v1/tasks", router.base))
+            .header("Authorization", &acme)
+            .json(&json!({"agent": agent, "title": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        created += 1;
+        // Some flushes fail between the tasks.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        counted(&catalog).await,
+        0,
+        "the trigger refused every flush"
+    );
+    catalog
+        .batch_execute("DROP TRIGGER refuse ON task_counts")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counted(&catalog).await < created {
+        assert!(
+            Instant::now() < deadline,
+            "the kept counts were never flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Later flushes (and the last, at shutdown) add nothing twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(router);
+    let rows = catalog
+        .query(
+            "SELECT agent, tasks, cost_cents FROM task_counts ORDER BY agent",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let cost = |a: Agent| i64::from(a.cost_cents());
+    assert_eq!(
+        got,
+        vec![
+            ("claude".into(), 1, cost(Agent::Claude)),
+            ("codex".into(), 2, 2 * cost(Agent::Codex)),
+        ]
+    );
+}

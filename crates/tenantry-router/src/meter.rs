@@ -104,15 +104,23 @@ impl Meter {
     }
 
     /// Adds the counts to the catalog in one transaction. On failure they are kept (added
-    /// back to what was counted meanwhile) for the next flush.
+    /// back to what was counted meanwhile) for the next flush — unless the catalog says
+    /// the transaction committed after all (its answer lost with the connection).
     pub async fn flush(&self, catalog: &Catalog) -> Result<(), tenantry_catalog::CatalogError> {
         let taken = std::mem::take(&mut *self.counts());
         if taken.is_empty() {
             return Ok(());
         }
-        match write(catalog, &taken).await {
+        let mut xid = None;
+        match write(catalog, &taken, &mut xid).await {
             Ok(()) => Ok(()),
             Err(e) => {
+                if let Some(xid) = xid {
+                    if committed(catalog, xid).await {
+                        tracing::info!("a usage flush whose answer was lost had committed");
+                        return Ok(());
+                    }
+                }
                 self.counts().add(taken);
                 Err(e)
             }
@@ -148,7 +156,12 @@ impl Meter {
 
 /// One upsert per table, adding to what other routers (and earlier flushes) counted.
 /// Counts of a tenant whose catalog row is gone are dropped (they bill no one).
-async fn write(catalog: &Catalog, counts: &Counts) -> Result<(), tenantry_catalog::CatalogError> {
+/// `xid` is set to the transaction's id before it commits.
+async fn write(
+    catalog: &Catalog,
+    counts: &Counts,
+    xid: &mut Option<i64>,
+) -> Result<(), tenantry_catalog::CatalogError> {
     let mut client = catalog.client().await?;
     let tx = client.transaction().await?;
     if !counts.requests.is_empty() {
@@ -194,8 +207,28 @@ async fn write(catalog: &Catalog, counts: &Counts) -> Result<(), tenantry_catalo
         )
         .await?;
     }
+    *xid = Some(
+        tx.query_one("SELECT pg_current_xact_id()::text::int8", &[])
+            .await?
+            .get(0),
+    );
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether transaction `xid` committed, asked on another connection; `false` when the
+/// catalog cannot say (the counts are then kept, and may be added twice).
+async fn committed(catalog: &Catalog, xid: i64) -> bool {
+    let Ok(client) = catalog.client().await else {
+        return false;
+    };
+    client
+        .query_one(
+            "SELECT pg_xact_status($1::int8::text::xid8) IS NOT DISTINCT FROM 'committed'",
+            &[&xid],
+        )
+        .await
+        .is_ok_and(|r| r.get(0))
 }
 
 #[cfg(test)]
