@@ -85,6 +85,20 @@ impl PartialSchema for TenantStateName {
 
 impl ToSchema for TenantStateName {}
 
+/// A format of the usage export (`tenantry_metering::Format::NAMES`).
+pub struct UsageFormat;
+
+impl PartialSchema for UsageFormat {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            "json (default), csv, stripe (meter events) or cloudevents (OpenMeter)",
+            tenantry_metering::Format::NAMES,
+        )
+    }
+}
+
+impl ToSchema for UsageFormat {}
+
 struct Bearer;
 
 impl Modify for Bearer {
@@ -119,14 +133,16 @@ impl Modify for Bearer {
         crate::admin::list_tenants,
         crate::admin::show_tenant,
         crate::admin::delete_tenant,
+        crate::admin::change_tenant,
         crate::admin::suspend_tenant,
         crate::admin::resume_tenant,
         crate::admin::export_tenant,
         crate::admin::list_servers,
         crate::admin::add_server,
         crate::admin::migrations,
+        crate::usage::usage,
     ),
-    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName)),
+    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, UsageFormat)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
@@ -185,6 +201,10 @@ mod tests {
             "^[a-z][a-z0-9-]{1,39}$"
         );
         assert_eq!(
+            schemas["TenantChange"]["properties"]["plan"]["$ref"],
+            "#/components/schemas/PlanName"
+        );
+        assert_eq!(
             schemas["NewServer"]["properties"]["capacity"]["maximum"],
             i32::MAX
         );
@@ -197,11 +217,35 @@ mod tests {
         assert_eq!(id["format"], "uuid");
         let key = &param(&doc, "/v1/tasks", "post", "Idempotency-Key")["schema"];
         assert_eq!(key["maxLength"], 200);
+        assert_eq!(
+            schemas["UsageFormat"]["enum"],
+            json!(tenantry_metering::Format::NAMES)
+        );
+        let period = param(&doc, "/admin/v1/usage", "get", "period");
+        assert_eq!(period["required"], true);
+        // Years from 2000, months 01 to 12: what `Period::parse` takes.
+        assert_eq!(
+            period["schema"]["pattern"],
+            r"^([2-9][0-9]{3})-(0[1-9]|1[0-2])$"
+        );
+        for (text, valid) in [
+            ("2000-01", true),
+            ("9999-12", true),
+            ("1999-12", false),
+            ("2026-13", false),
+        ] {
+            assert_eq!(
+                tenantry_metering::Period::parse(text).is_ok(),
+                valid,
+                "{text}"
+            );
+        }
         // Every JSON body can be refused as malformed (400) or too large (413).
         for (path, method) in [
             ("/v1/tasks", "post"),
             ("/v1/tasks/{id}", "patch"),
             ("/admin/v1/tenants", "post"),
+            ("/admin/v1/tenants/{slug}", "patch"),
             ("/admin/v1/servers", "post"),
         ] {
             let responses = &doc["paths"][path][method]["responses"];
