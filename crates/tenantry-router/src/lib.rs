@@ -5,7 +5,9 @@
 //! response body, so no driver text or internal detail can leak.
 
 mod admin;
+mod admin_views;
 pub mod auth;
+mod console;
 mod error;
 pub mod health;
 mod metrics;
@@ -283,6 +285,8 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .configure(tasks::routes)
             .configure(sql::routes)
             .configure(admin::routes)
+            .configure(admin_views::routes)
+            .configure(console::routes)
             .default_service(web::to(error::not_found))
     })
     .disable_signals()

@@ -85,6 +85,20 @@ impl PartialSchema for TenantStateName {
 
 impl ToSchema for TenantStateName {}
 
+/// A ledger step's status (`operations.status`).
+pub struct OperationStatus;
+
+impl PartialSchema for OperationStatus {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            "a ledger step's status",
+            crate::admin_views::OPERATION_STATUSES.iter().copied(),
+        )
+    }
+}
+
+impl ToSchema for OperationStatus {}
+
 struct Bearer;
 
 impl Modify for Bearer {
@@ -125,8 +139,14 @@ impl Modify for Bearer {
         crate::admin::list_servers,
         crate::admin::add_server,
         crate::admin::migrations,
+        crate::admin_views::fleet,
+        crate::admin_views::fleet_tenants,
+        crate::admin_views::migration_runs,
+        crate::admin_views::migration_run,
+        crate::admin_views::operations,
+        crate::console::index,
     ),
-    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName)),
+    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, OperationStatus)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
