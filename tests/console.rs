@@ -190,7 +190,11 @@ fn copy_dir(from: &Path, to: &Path) {
 
 async fn started() -> (Deployment, Router) {
     let d = Deployment::new().await;
-    for (slug, plan) in [("acme", "pro"), ("acme-labs", "free"), ("globex", "enterprise")] {
+    for (slug, plan) in [
+        ("acme", "pro"),
+        ("acme-labs", "free"),
+        ("globex", "enterprise"),
+    ] {
         d.json(&["tenant", "create", slug, "--plan", plan], 0);
     }
     let router = d.serve(&[]).await;
@@ -297,7 +301,9 @@ async fn an_operator_runs_the_fleet_from_the_console() {
     // (On a router without plan changes, PATCH has no route: 404 or 405.)
     let has_plan_changes = !matches!(patch_status(&base).await, 404 | 405);
     b.client
-        .find(Locator::Css(r#"tr[data-slug="acme"] select[data-action="plan"]"#))
+        .find(Locator::Css(
+            r#"tr[data-slug="acme"] select[data-action="plan"]"#,
+        ))
         .await
         .unwrap()
         .select_by_value("enterprise")
@@ -355,12 +361,7 @@ async fn an_operator_runs_the_fleet_from_the_console() {
     )
     .unwrap();
     let run = d.json(
-        &[
-            "--templates",
-            templates.to_str().unwrap(),
-            "migrate",
-            "run",
-        ],
+        &["--templates", templates.to_str().unwrap(), "migrate", "run"],
         0,
     );
     let run_id = run["run_id"].as_str().unwrap().to_owned();
@@ -484,10 +485,12 @@ async fn the_console_keeps_its_token_to_itself_and_shows_values_as_text() {
     )
     .await;
     let shown = b
-        .js("const td = [...document.querySelectorAll('#operations tbody td.wrap')] \
+        .js(
+            "const td = [...document.querySelectorAll('#operations tbody td.wrap')] \
                .find(td => td.textContent.includes('onerror')); \
              return { text: td.textContent, elements: td.querySelectorAll('*').length, \
-                      images: document.images.length, pwned: window.__pwned === 1 }")
+                      images: document.images.length, pwned: window.__pwned === 1 }",
+        )
         .await;
     assert_eq!(
         shown,
@@ -496,8 +499,10 @@ async fn the_console_keeps_its_token_to_itself_and_shows_values_as_text() {
 
     // The token is in sessionStorage only, never in the address.
     let kept = b
-        .js("return { session: sessionStorage.getItem('tenantry.admin_token'), \
-                      local: localStorage.length, url: location.href }")
+        .js(
+            "return { session: sessionStorage.getItem('tenantry.admin_token'), \
+                      local: localStorage.length, url: location.href }",
+        )
         .await;
     assert_eq!(kept["session"], json!(token));
     assert_eq!(kept["local"], 0);

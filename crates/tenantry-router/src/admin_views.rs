@@ -19,7 +19,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/v1/fleet", web::get().to(fleet))
         .route("/admin/v1/fleet/tenants", web::get().to(fleet_tenants))
         .route("/admin/v1/migration-runs", web::get().to(migration_runs))
-        .route("/admin/v1/migration-runs/{id}", web::get().to(migration_run))
+        .route(
+            "/admin/v1/migration-runs/{id}",
+            web::get().to(migration_run),
+        )
         .route("/admin/v1/operations", web::get().to(operations));
 }
 
@@ -87,11 +90,7 @@ fn decode_cursor<A: std::str::FromStr, B: std::str::FromStr>(
 }
 
 /// Rows past `limit` mean another page: the page is cut, and its last item's key given.
-fn page<T: Serialize>(
-    mut items: Vec<T>,
-    limit: i64,
-    key: impl Fn(&T) -> String,
-) -> Page<T> {
+fn page<T: Serialize>(mut items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(key)
@@ -420,7 +419,12 @@ async fn migration_runs(
     let after: Option<(i64, Uuid)> = decode_cursor(q.cursor.as_deref())?;
     let after_time = match after {
         Some((micros, _)) => Some(DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(
-            || ApiError::new(ErrorCode::InvalidRequest, "cursor is not one this API gave out"),
+            || {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "cursor is not one this API gave out",
+                )
+            },
         )?),
         None => None,
     };
@@ -436,9 +440,14 @@ async fn migration_runs(
     )
     .await?;
     let items = rows.iter().map(run).collect();
-    Ok(HttpResponse::Ok().json(page(items, limit, |r: &MigrationRun| {
-        encode_cursor(&r.started_at.timestamp_micros().to_string(), &r.id.to_string())
-    })))
+    Ok(
+        HttpResponse::Ok().json(page(items, limit, |r: &MigrationRun| {
+            encode_cursor(
+                &r.started_at.timestamp_micros().to_string(),
+                &r.id.to_string(),
+            )
+        })),
+    )
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -524,7 +533,9 @@ async fn migration_run(
             )
         })
         .collect();
-    let keyed = page(keyed, limit, |(id, t)| encode_cursor(&t.slug, &id.to_string()));
+    let keyed = page(keyed, limit, |(id, t)| {
+        encode_cursor(&t.slug, &id.to_string())
+    });
     Ok(HttpResponse::Ok().json(RunDetail {
         run,
         results: Page {
@@ -583,8 +594,7 @@ async fn operations(
     _: AdminAuth,
     q: web::Query<OperationsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    if q
-        .status
+    if q.status
         .as_deref()
         .is_some_and(|s| !OPERATION_STATUSES.contains(&s))
     {

@@ -69,7 +69,11 @@ async fn script() -> HttpResponse {
 }
 
 async fn style() -> HttpResponse {
-    response("text/css; charset=utf-8", "public, max-age=31536000, immutable").body(STYLE)
+    response(
+        "text/css; charset=utf-8",
+        "public, max-age=31536000, immutable",
+    )
+    .body(STYLE)
 }
 
 #[cfg(test)]
@@ -90,7 +94,13 @@ mod tests {
 
     #[test]
     fn the_script_never_writes_html() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!SCRIPT.contains(sink), "console.js uses {sink}");
         }
         // The token lives in sessionStorage only.
