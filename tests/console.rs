@@ -534,3 +534,186 @@ async fn the_console_keeps_its_token_to_itself_and_shows_values_as_text() {
     .await;
     b.close().await;
 }
+
+/// `GET path` with `token` (none: no header): status and JSON body.
+async fn get(base: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The page after `page` of `path` (which has a query string already).
+async fn after(base: &str, path: &str, page: &Value, token: Option<&str>) -> Value {
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    get(base, &format!("{path}&cursor={cursor}"), token).await.1
+}
+
+fn slugs(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slug"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_views_filter_page_and_refuse_what_cannot_be() {
+    let (d, router) = started().await;
+    let base = router.base.as_str();
+    let admin = support::admin_token();
+    let a = Some(admin.as_str());
+
+    // Only the admin trust root reads them.
+    assert_eq!(get(base, "/admin/v1/fleet", None).await.0, 401);
+    let tenant = support::token("acme", Some("admin"));
+    assert_eq!(get(base, "/admin/v1/fleet", Some(&tenant)).await.0, 403);
+
+    let (status, fleet) = get(base, "/admin/v1/fleet", a).await;
+    assert_eq!(status, 200);
+    assert_eq!(fleet["monthly_revenue_cents"], 1900 + 9900);
+    assert_eq!(
+        fleet["tenants"]["ready"],
+        json!({"enterprise": 1, "free": 1, "pro": 1})
+    );
+    assert_eq!(fleet["servers"][0]["name"], "s1");
+    assert_eq!(fleet["servers"][0]["tenants"], 3);
+
+    // Tenants: filters, and pages that follow on by cursor.
+    let page = get(base, "/admin/v1/fleet/tenants?limit=2", a).await.1;
+    assert_eq!(slugs(&page), ["acme", "acme-labs"]);
+    let next = after(base, "/admin/v1/fleet/tenants?limit=2", &page, a).await;
+    assert_eq!(slugs(&next), ["globex"]);
+    assert_eq!(next["next_cursor"], Value::Null);
+    for (filter, expected) in [
+        ("q=acme", vec!["acme", "acme-labs"]),
+        ("plan=free", vec!["acme-labs"]),
+        (
+            "server=s1&schema_version=1",
+            vec!["acme", "acme-labs", "globex"],
+        ),
+        ("schema_version=7", vec![]),
+        ("state=suspended", vec![]),
+    ] {
+        let page = get(base, &format!("/admin/v1/fleet/tenants?{filter}"), a)
+            .await
+            .1;
+        assert_eq!(slugs(&page), expected, "{filter}");
+    }
+    let acme = &get(base, "/admin/v1/fleet/tenants?q=acme&plan=pro", a)
+        .await
+        .1["items"][0];
+    assert_eq!(
+        (&acme["tasks_this_month"], &acme["cost_cents_this_month"]),
+        (&json!(0), &json!(0))
+    );
+    for bad in [
+        "/admin/v1/fleet/tenants?limit=0",
+        "/admin/v1/fleet/tenants?cursor=bm9wZQ",
+        "/admin/v1/fleet/tenants?state=asleep",
+        "/admin/v1/fleet/tenants?q=ACME",
+        "/admin/v1/fleet/tenants?schema_version=-1",
+        "/admin/v1/operations?status=lost",
+        "/admin/v1/migration-runs?limit=201",
+        "/admin/v1/migration-runs?cursor=!!",
+    ] {
+        let (status, body) = get(base, bad, a).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid_request")),
+            "{bad}"
+        );
+    }
+
+    // The ledger: latest first, by status and tenant, paged.
+    let ops = get(base, "/admin/v1/operations?tenant=acme&limit=3", a)
+        .await
+        .1;
+    let ids: Vec<i64> = ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.len() == 3 && ids.windows(2).all(|w| w[0] > w[1]),
+        "{ops}"
+    );
+    assert!(ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["tenant"] == "acme"));
+    let more = after(base, "/admin/v1/operations?tenant=acme&limit=3", &ops, a).await;
+    assert!(more["items"][0]["id"].as_i64().unwrap() < ids[2]);
+    assert_eq!(
+        get(base, "/admin/v1/operations?status=failed", a).await.1["items"],
+        json!([])
+    );
+
+    // Migration runs: two, latest first, one per page; a run's results by slug.
+    let templates = d.home.path().join("templates");
+    copy_dir(
+        &support::templates_dir().join("tasks"),
+        &templates.join("tasks"),
+    );
+    let mut runs = vec![];
+    for (file, sql) in [
+        (
+            "V2__labels.sql",
+            "CREATE TABLE labels (id bigint PRIMARY KEY);",
+        ),
+        (
+            "V3__notes.sql",
+            "CREATE TABLE notes (id bigint PRIMARY KEY);",
+        ),
+    ] {
+        std::fs::write(templates.join("tasks").join(file), sql).unwrap();
+        let run = d.json(
+            &["--templates", templates.to_str().unwrap(), "migrate", "run"],
+            0,
+        );
+        runs.push(run["run_id"].as_str().unwrap().to_owned());
+    }
+    let first = get(base, "/admin/v1/migration-runs?limit=1", a).await.1;
+    assert_eq!(first["items"][0]["id"], json!(runs[1]));
+    assert_eq!(first["items"][0]["state"], "finished");
+    assert_eq!(first["items"][0]["tenants"]["ok"], 3);
+    let second = after(base, "/admin/v1/migration-runs?limit=1", &first, a).await;
+    assert_eq!(second["items"][0]["id"], json!(runs[0]));
+    assert_eq!(second["next_cursor"], Value::Null);
+    let run = get(
+        base,
+        &format!("/admin/v1/migration-runs/{}?limit=2", runs[0]),
+        a,
+    )
+    .await
+    .1;
+    assert_eq!(run["id"], json!(runs[0]));
+    let results = &run["results"];
+    assert_eq!(
+        results["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (&t["slug"], &t["status"], &t["to_version"]))
+            .collect::<Vec<_>>(),
+        [
+            (&json!("acme"), &json!("ok"), &json!(2)),
+            (&json!("acme-labs"), &json!("ok"), &json!(2))
+        ]
+    );
+    let path = format!("/admin/v1/migration-runs/{}?limit=2", runs[0]);
+    let rest = after(base, &path, results, a).await;
+    assert_eq!(rest["results"]["items"][0]["slug"], "globex");
+    for missing in [
+        format!("/admin/v1/migration-runs/{}", uuid::Uuid::nil()),
+        "/admin/v1/migration-runs/not-a-run".to_owned(),
+    ] {
+        assert_eq!(get(base, &missing, a).await.0, 404, "{missing}");
+    }
+}

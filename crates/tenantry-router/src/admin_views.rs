@@ -382,10 +382,11 @@ const RUNS: &str = "
            count(rt.run_id) FILTER (WHERE rt.status = 'skipped')
     FROM migration_runs r LEFT JOIN migration_run_tenants rt ON rt.run_id = r.id
     WHERE ($1::uuid IS NULL OR r.id = $1)
-      AND ($2::timestamptz IS NULL OR (r.started_at, r.id) < ($2, $3))
+      AND ($2::uuid IS NULL
+           OR (r.started_at, r.id) < (SELECT c.started_at, c.id FROM migration_runs c WHERE c.id = $2))
     GROUP BY r.id
     ORDER BY r.started_at DESC, r.id DESC
-    LIMIT $4";
+    LIMIT $3";
 
 fn run(r: &tokio_postgres::Row) -> MigrationRun {
     MigrationRun {
@@ -416,36 +417,18 @@ async fn migration_runs(
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit(q.limit)?;
-    let after: Option<(i64, Uuid)> = decode_cursor(q.cursor.as_deref())?;
-    let after_time = match after {
-        Some((micros, _)) => Some(DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(
-            || {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "cursor is not one this API gave out",
-                )
-            },
-        )?),
-        None => None,
-    };
+    // The cursor is the last run's id: the page goes on from where that run sorts.
+    let after: Option<(Uuid, String)> = decode_cursor(q.cursor.as_deref())?;
     let rows = query(
         &state,
         RUNS,
-        &[
-            &None::<Uuid>,
-            &after_time,
-            &after.map(|a| a.1).unwrap_or_default(),
-            &(limit + 1),
-        ],
+        &[&None::<Uuid>, &after.map(|a| a.0), &(limit + 1)],
     )
     .await?;
     let items = rows.iter().map(run).collect();
     Ok(
         HttpResponse::Ok().json(page(items, limit, |r: &MigrationRun| {
-            encode_cursor(
-                &r.started_at.timestamp_micros().to_string(),
-                &r.id.to_string(),
-            )
+            encode_cursor(&r.id.to_string(), "run")
         })),
     )
 }
@@ -498,12 +481,7 @@ async fn migration_run(
     if let Some((slug, _)) = &after {
         storable_text("cursor", slug)?;
     }
-    let found = query(
-        &state,
-        RUNS,
-        &[&Some(id), &None::<DateTime<Utc>>, &Uuid::nil(), &1_i64],
-    )
-    .await?;
+    let found = query(&state, RUNS, &[&Some(id), &None::<Uuid>, &1_i64]).await?;
     let run = found.first().map(run).ok_or_else(not_found)?;
     let rows = query(
         &state,
