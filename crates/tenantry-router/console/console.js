@@ -224,8 +224,9 @@ function period() {
   return new Date().toISOString().slice(0, 7);
 }
 
-// This month's tasks and cost per tenant slug, from the metering endpoint when the
-// router has it; null when it does not (the catalog's counts are shown then).
+// This month's tasks and cost per tenant slug, from the metering records of
+// GET /admin/v1/usage (tasks and task_cost_cents, by agent) when the router has it;
+// null when it does not (the catalog's counts stay then).
 async function meteredUsage() {
   let body;
   try {
@@ -234,17 +235,14 @@ async function meteredUsage() {
     if (e instanceof SignedOut) throw e;
     return null;
   }
-  const records = Array.isArray(body) ? body : body.records || body.items || [];
   const bySlug = new Map();
-  for (const r of records) {
-    const slug = r.slug ?? r.tenant ?? r.tenant_slug;
-    const meter = String(r.meter ?? r.event_name ?? "");
-    const value = Number(r.value ?? r.quantity ?? 0);
-    if (!slug || !Number.isFinite(value)) continue;
-    const u = bySlug.get(slug) || { tasks: 0, cost: 0 };
-    if (meter === "tasks" || meter.startsWith("tasks.") || meter.startsWith("tasks:")) u.tasks += value;
-    else if (meter.startsWith("task_cost_cents")) u.cost += value;
-    bySlug.set(slug, u);
+  for (const r of body.records || []) {
+    const value = Number(r.value);
+    if (!r.slug || !Number.isFinite(value)) continue;
+    const u = bySlug.get(r.slug) || { tasks: 0, cost: 0 };
+    if (r.meter === "tasks") u.tasks += value;
+    else if (r.meter === "task_cost_cents") u.cost += value;
+    bySlug.set(r.slug, u);
   }
   return bySlug;
 }
@@ -268,27 +266,31 @@ async function showTenants(more = false) {
     clear(body);
     tenantsState.cursor = null;
   }
-  const [page, usage] = await Promise.all([
-    api(`${API}/fleet/tenants${query({
-      q: $("filter-q").value.trim(),
-      state: $("filter-state").value,
-      plan: $("filter-plan").value,
-      server: $("filter-server").value,
-      schema_version: $("filter-version").value,
-      cursor: tenantsState.cursor,
-    })}`),
-    meteredUsage(),
-  ]);
-  $("usage-source").textContent = usage
-    ? `metered, ${period()} (GET /admin/v1/usage)`
-    : `counted into the catalog so far, ${period()}`;
-  for (const t of page.items) body.append(tenantRow(t, usage));
+  const page = await api(`${API}/fleet/tenants${query({
+    q: $("filter-q").value.trim(),
+    state: $("filter-state").value,
+    plan: $("filter-plan").value,
+    server: $("filter-server").value,
+    schema_version: $("filter-version").value,
+    cursor: tenantsState.cursor,
+  })}`);
+  $("usage-source").textContent = `counted into the catalog so far, ${period()}`;
+  for (const t of page.items) body.append(tenantRow(t));
   tenantsState.cursor = page.next_cursor;
   $("tenants-more").hidden = !page.next_cursor;
+  // The metered figures replace the catalog's as they come (reading them visits the
+  // tenants' databases, so the rows are shown first).
+  const usage = await meteredUsage();
+  if (!usage) return;
+  $("usage-source").textContent = `metered, ${period()} (GET /admin/v1/usage)`;
+  for (const row of body.rows) {
+    const u = usage.get(row.dataset.slug) || { tasks: 0, cost: 0 };
+    row.querySelector("[data-usage=tasks]").textContent = u.tasks;
+    row.querySelector("[data-usage=cost]").textContent = money(u.cost);
+  }
 }
 
-function tenantRow(t, usage) {
-  const u = usage ? usage.get(t.slug) || { tasks: 0, cost: 0 } : { tasks: t.tasks_this_month, cost: t.cost_cents_this_month };
+function tenantRow(t) {
   const actions = el("div", { cls: "actions" });
   if (t.state === "ready") actions.append(button("Suspend", () => lifecycle(t.slug, "suspend"), "suspend"));
   if (t.state === "suspended") actions.append(button("Resume", () => lifecycle(t.slug, "resume"), "resume"));
@@ -308,8 +310,8 @@ function tenantRow(t, usage) {
     cell(t.plan),
     cell(t.server),
     cell(t.schema_version, "num"),
-    cell(u.tasks, "num"),
-    cell(money(u.cost), "num"),
+    el("td", { text: t.tasks_this_month, cls: "num", data: { usage: "tasks" } }),
+    el("td", { text: money(t.cost_cents_this_month), cls: "num", data: { usage: "cost" } }),
     el("td", {}, [actions]),
   ]);
 }
