@@ -20,6 +20,8 @@ const OTHER_POINTS: &[(&str, &str)] = &[
     ("resume", "resume.grant"),
     ("delete", "delete.revoke"),
     ("purge", "purge.drop"),
+    ("set_plan", "set_plan.catalog"),
+    ("set_plan", "set_plan.role"),
 ];
 
 async fn crash_matrix(mode: &str) {
@@ -40,10 +42,11 @@ async fn crash_matrix(mode: &str) {
     }
     for (op, point) in OTHER_POINTS {
         for when in ["before", "after"] {
-            let slug = format!("o-{op}-{when}");
+            let slug = format!("o-{}-{when}", point.replace(['.', '_'], "-"));
             assert!(d.run(&["tenant", "create", &slug]).status.success());
             let args: Vec<&str> = match *op {
                 "suspend" => vec!["tenant", "suspend", &slug],
+                "set_plan" => vec!["tenant", "set-plan", &slug, "enterprise"],
                 "resume" => {
                     assert!(d.run(&["tenant", "suspend", &slug]).status.success());
                     vec!["tenant", "resume", &slug]
@@ -164,6 +167,33 @@ async fn crash_matrix(mode: &str) {
         }
     }
     assert!(ready >= 1, "the control tenant is ready");
+
+    // Every live tenant's role allows what its plan says (pool size + 2), and its plan
+    // history ends on the plan it has.
+    let live = catalog
+        .query(
+            "SELECT t.slug, t.role_name, p.pool_size + 2,
+                    (SELECT c.to_plan FROM plan_changes c WHERE c.tenant_id = t.id
+                     ORDER BY c.id DESC LIMIT 1) = t.plan
+             FROM tenants t JOIN plans p ON p.name = t.plan WHERE t.state IN ('ready', 'suspended')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in &live {
+        let (slug, role, limit, history): (String, String, i32, Option<bool>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let actual: i32 = admin
+            .query_one(
+                "SELECT rolconnlimit FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(actual, limit, "{slug}: its role's connection limit");
+        assert_eq!(history, Some(true), "{slug}: its plan history");
+    }
     // Every outcome is one of the two the lifecycle allows: finished or cleanly undone.
     assert_eq!(rows.len(), slugs.len());
 }

@@ -6,12 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
-use support::{token, Deployment, Router};
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
+use support::routers::{bearer, sleepers, two_routers, wait_until_both_see_two, VARS};
+use support::{token, Deployment};
 
 async fn create_tenant(d: &Deployment, slug: &str, plan: &str) {
     let out = d.run(&["tenant", "create", slug, "--plan", plan]);
@@ -20,88 +16,6 @@ async fn create_tenant(d: &Deployment, slug: &str, plan: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Fast heartbeats; requests may queue for their tenant's connections.
-const VARS: [(&str, &str); 2] = [
-    ("TENANTRY__ROUTER__HEARTBEAT_S", "1"),
-    ("TENANTRY__ROUTER__POOL_WAIT_MS", "20000"),
-];
-
-/// The budget a router gives server `s1`, from its `/metrics`.
-async fn budget(base: &str) -> Option<i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("tenantry_server_connections{") && l.contains("kind=\"budget\""))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The server's `max_connections` is set to 60, and each router gives it
-/// `60 / (live + 1)`: a budget of 20 says the router's last heartbeat counted 2 live
-/// replicas (the same beat sets the count that splits pools and rates).
-async fn wait_until_both_see_two(routers: [&Router; 2]) {
-    for r in routers {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = budget(&r.base).await;
-            if now == Some(20) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "budget {now:?}, expected 20");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-async fn two_routers(d: &Deployment) -> (Router, Router) {
-    d.catalog()
-        .await
-        .execute("UPDATE servers SET max_connections = 60", &[])
-        .await
-        .unwrap();
-    let one = d.serve(&VARS).await;
-    let two = d.serve(&VARS).await;
-    wait_until_both_see_two([&one, &two]).await;
-    (one, two)
-}
-
-/// `n` concurrent one-second statements, spread evenly over the routers; their statuses
-/// and error codes.
-async fn sleepers(routers: &[&str], auth: &str, n: usize) -> Vec<(StatusCode, String)> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let calls = (0..n).map(|i| {
-        let (http, url) = (
-            http.clone(),
-            format!("{}/v1/sql", routers[i % routers.len()]),
-        );
-        async move {
-            let resp = http
-                .post(url)
-                .header("authorization", auth)
-                .json(&json!({"sql": "select pg_sleep(1)"}))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            (
-                status,
-                body["error"]["code"].as_str().unwrap_or("").to_owned(),
-            )
-        }
-    });
-    futures_util::future::join_all(calls).await
 }
 
 #[tokio::test]

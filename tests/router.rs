@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::routers::budget;
 use support::{token, Deployment};
 use tenantry_provision::CreateTenant;
 
@@ -973,22 +974,6 @@ async fn shutdown_drains_requests_in_flight() {
     assert_eq!(body["rows"][0]["slept"], false);
     let (status, _, stderr) = r.process.wait(Duration::from_secs(30));
     assert!(status.success(), "{stderr}");
-}
-
-/// The budget this router gives server `s1`, from its `/metrics`.
-async fn budget(base: &str) -> Option<i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("tenantry_server_connections{") && l.contains("kind=\"budget\""))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Waits until `base`'s budget for the server is `want`.

@@ -1,6 +1,8 @@
 //! Helpers for the black-box tests: run the real `tenantry` binary and talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod routers;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};

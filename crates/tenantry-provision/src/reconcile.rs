@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tenantry_types::TenantState;
 
 use crate::server::TenantLock;
-use crate::tenants::TenantRow;
+use crate::tenants::{TenantRow, PLAN_CHANGE};
 use crate::{ledger, ProvisionError, Provisioner};
 
 /// A database or role on a server that no tenant accounts for, or a tenant whose database is gone.
@@ -27,6 +27,8 @@ pub struct ReconcileReport {
     pub deleted: Vec<String>,
     /// Tenants purged because their retention passed (or a purge was interrupted).
     pub purged: Vec<String>,
+    /// Plan changes finished: the tenant role's connection limit set to its plan's.
+    pub plan_changes: Vec<String>,
     /// Databases named like a tenant's with no tenant holding them.
     pub orphan_databases: Vec<Orphan>,
     /// Roles named like a tenant's with no tenant holding them.
@@ -173,6 +175,23 @@ impl Provisioner {
                     report.purged.push(slug);
                 }
             }
+        }
+        if matches!(tenant.state, TenantState::Ready | TenantState::Suspended)
+            && ledger::unfinished_kinds(&self.catalog, id)
+                .await?
+                .iter()
+                .any(|k| k == PLAN_CHANGE)
+        {
+            // An interrupted plan change: the catalog has the plan it has (the change
+            // committed or not); the role's connection limit follows it.
+            if !dry_run {
+                if let Some(server_id) = tenant.server_id {
+                    let server = self.server_by_id(server_id).await?;
+                    self.apply_plan_limit(&server, tenant, &tenant.info.plan)
+                        .await?;
+                }
+            }
+            report.plan_changes.push(tenant.info.slug.clone());
         }
         if !dry_run {
             ledger::close_interrupted(&self.catalog, id).await?;

@@ -14,6 +14,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/v1/tenants", web::get().to(list_tenants))
         .route("/admin/v1/tenants/{slug}", web::get().to(show_tenant))
         .route("/admin/v1/tenants/{slug}", web::delete().to(delete_tenant))
+        .route("/admin/v1/tenants/{slug}", web::patch().to(change_tenant))
         .route(
             "/admin/v1/tenants/{slug}/suspend",
             web::post().to(suspend_tenant),
@@ -160,6 +161,39 @@ async fn delete_tenant(
         .delete_tenant(path_slug(&slug)?, query.purge)
         .await
         .map_err(api)?;
+    Ok(HttpResponse::Ok().json(t))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantChange {
+    /// The plan to move the tenant to; the same plan again changes nothing.
+    #[schema(value_type = crate::openapi::PlanName)]
+    plan: String,
+}
+
+/// A plan change: recorded with its time and the admin token's subject; every router
+/// applies the new plan at the tenant's next request.
+#[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin", request_body = TenantChange, params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
+    responses((status = 200, body = Object), (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse), (status = 413, description = "body too large", body = crate::openapi::ErrorResponse),
+    (status = 422, description = "unknown plan or field", body = crate::openapi::ErrorResponse), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, description = "the tenant is not ready or suspended", body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
+async fn change_tenant(
+    state: web::Data<AppState>,
+    auth: AdminAuth,
+    slug: web::Path<String>,
+    body: web::Json<TenantChange>,
+) -> Result<HttpResponse, ApiError> {
+    let slug = path_slug(&slug)?;
+    storable_text("plan", &body.plan)?;
+    // The token's subject, as text the catalog can store.
+    let by = format!("admin:{}", auth.claims.sub.replace('\0', ""));
+    let t = state
+        .provisioner
+        .set_plan(slug, &body.plan, &by)
+        .await
+        .map_err(api)?;
+    state.resolver.invalidate(slug);
     Ok(HttpResponse::Ok().json(t))
 }
 

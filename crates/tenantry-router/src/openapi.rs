@@ -133,6 +133,7 @@ impl Modify for Bearer {
         crate::admin::list_tenants,
         crate::admin::show_tenant,
         crate::admin::delete_tenant,
+        crate::admin::change_tenant,
         crate::admin::suspend_tenant,
         crate::admin::resume_tenant,
         crate::admin::export_tenant,
@@ -205,6 +206,10 @@ mod tests {
             "^[a-z][a-z0-9-]{1,39}$"
         );
         assert_eq!(
+            schemas["TenantChange"]["properties"]["plan"]["$ref"],
+            "#/components/schemas/PlanName"
+        );
+        assert_eq!(
             schemas["NewServer"]["properties"]["capacity"]["maximum"],
             i32::MAX
         );
@@ -222,6 +227,7 @@ mod tests {
             ("/v1/tasks", "post"),
             ("/v1/tasks/{id}", "patch"),
             ("/admin/v1/tenants", "post"),
+            ("/admin/v1/tenants/{slug}", "patch"),
             ("/admin/v1/servers", "post"),
         ] {
             let responses = &doc["paths"][path][method]["responses"];

@@ -38,6 +38,7 @@ fn describe(r: &ReconcileReport) -> String {
         ("creations undone", &r.undone),
         ("deletions finished", &r.deleted),
         ("purged", &r.purged),
+        ("plan changes finished", &r.plan_changes),
     ] {
         if !list.is_empty() {
             out.push_str(&format!("{verb}{what}: {}\n", list.join(", ")));

@@ -31,6 +31,9 @@ pub enum Command {
     Suspend { slug: String },
     /// Let a suspended tenant back in.
     Resume { slug: String },
+    /// Move a ready or suspended tenant to another plan (recorded with its time, for
+    /// proration); every router applies it at the tenant's next request.
+    SetPlan { slug: String, plan: String },
     /// Soft delete: unreachable at once, data kept for provision.retention_hours.
     Delete {
         slug: String,
@@ -81,6 +84,7 @@ pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(),
         Command::Show { slug } => p.show_tenant(&slug).await?,
         Command::Suspend { slug } => p.suspend_tenant(&slug).await?,
         Command::Resume { slug } => p.resume_tenant(&slug).await?,
+        Command::SetPlan { slug, plan } => p.set_plan(&slug, &plan, &changed_by()).await?,
         Command::Delete { slug, purge } => p.delete_tenant(&slug, purge).await?,
         Command::Export { slug, out } => {
             let bytes = p.export_tenant(&slug, &out).await?;
@@ -93,6 +97,14 @@ pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(),
     };
     output.print(&tenant, || tenants_table(std::slice::from_ref(&tenant)));
     Ok(())
+}
+
+/// Who a plan change from the command line is recorded as: `cli:` and the user.
+fn changed_by() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_default();
+    format!("cli:{user}")
 }
 
 fn tenants_table(tenants: &[TenantInfo]) -> String {
