@@ -121,8 +121,8 @@ pub(crate) struct FleetServer {
     /// Connections this router holds to it now, and requests waiting for one.
     connections_in_use: Option<usize>,
     waiting: Option<usize>,
-    /// Whether tenants can move off it online (logical replication): `unknown` until a
-    /// router has looked.
+    /// Whether tenants can move off it online (logical replication): `unknown` for
+    /// now, as no router probes a server's `wal_level` and replication slots yet.
     #[schema(value_type = String, example = "unknown")]
     logical_replication: &'static str,
 }
