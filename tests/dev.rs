@@ -91,6 +91,15 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
     );
     let demo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(demo["server"], "local");
+    // An operator moves `demo` to another plan; the next run finds it there.
+    let mut set_plan = tenantry(home.path(), "dev");
+    set_plan.args(["tenant", "set-plan", "demo", "enterprise"]);
+    let out = support::output(set_plan);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A second `tenantry dev` on the same folder refuses, and harms nothing.
     let mut second = tenantry(home.path(), "dev");
@@ -141,6 +150,8 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
             .get(0);
         assert_eq!(tenants, 1, "`demo` is created once");
     }
+    let (banner, _) = again.output_so_far();
+    assert!(banner.contains("`demo` (plan enterprise)"), "{banner}");
     again.signal("INT");
     let (status, _, _) = again.wait(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");

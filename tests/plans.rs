@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::routers::{bearer, sleepers, two_routers};
+use support::routers::{bearer, peak_sessions, role_of, sleepers, two_routers};
 use support::{admin_token, token, Deployment};
 
 /// How long a router may take to apply a plan change before the test gives up. The
@@ -53,19 +51,6 @@ fn chain(changes: &[Change]) -> Vec<(Option<&str>, &str)> {
         .iter()
         .map(|(from, to, _, _)| (from.as_deref(), to.as_str()))
         .collect()
-}
-
-/// The live tenant's role name.
-async fn role_of(d: &Deployment, slug: &str) -> String {
-    d.catalog()
-        .await
-        .query_one(
-            "SELECT role_name FROM tenants WHERE slug = $1 AND state <> 'deleted'",
-            &[&slug],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// The tenant role's connection limit, as PostgreSQL has it.
@@ -188,39 +173,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The most sessions of `role` the server had at once while `work` ran.
-async fn peak_sessions<T>(
-    d: &Deployment,
-    slug: &str,
-    work: impl std::future::Future<Output = T>,
-) -> (i64, T) {
-    let role = role_of(d, slug).await;
-    let admin = d.pg.connect("postgres").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                        &[&role],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        })
-    };
-    let out = work.await;
-    stop.store(true, Ordering::SeqCst);
-    (sampler.await.unwrap(), out)
 }
 
 #[tokio::test]

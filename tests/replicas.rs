@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::routers::{bearer, sleepers, two_routers, wait_until_both_see_two, VARS};
+use support::routers::{
+    bearer, peak_sessions, sleepers, two_routers, wait_until_both_see_two, VARS,
+};
 use support::{token, Deployment};
 
 async fn create_tenant(d: &Deployment, slug: &str, plan: &str) {
@@ -51,8 +53,8 @@ async fn two_routers_keep_a_busy_tenant_within_its_role_connection_limit() {
 
     // 20 concurrent one-second statements over both: each router holds at most 5
     // connections (10 of the role's 12); the others queue rather than fail.
-    let started = Instant::now();
-    let results = sleepers(&[&one.base, &two.base], &auth, 20).await;
+    let (peak, results) =
+        peak_sessions(&d, "busy", sleepers(&[&one.base, &two.base], &auth, 20)).await;
     let failed: Vec<_> = results
         .iter()
         .filter(|(s, _)| *s != StatusCode::OK)
@@ -62,9 +64,10 @@ async fn two_routers_keep_a_busy_tenant_within_its_role_connection_limit() {
         "{} of 20 failed: {failed:?}",
         failed.len()
     );
+    eprintln!("peak sessions of the tenant's role under 20 statements over two routers: {peak}");
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "20 one-second statements on 10 connections take two rounds"
+        peak <= 10,
+        "two routers hold at most 5 connections each for the tenant, not {peak}"
     );
 }
 

@@ -321,6 +321,7 @@ async fn tokens_inputs_and_errors_over_http() {
             "/admin/v1/tenants/{slug}/export",
             "/admin/v1/tenants/{slug}/resume",
             "/admin/v1/tenants/{slug}/suspend",
+            "/admin/v1/usage",
             "/healthz",
             "/readyz",
             "/v1/sql",

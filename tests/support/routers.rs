@@ -1,5 +1,7 @@
 //! Several `tenantry serve` replicas over one catalog, and requests spread over them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -91,4 +93,50 @@ pub async fn sleepers(routers: &[&str], auth: &str, n: usize) -> Vec<(StatusCode
         }
     });
     futures_util::future::join_all(calls).await
+}
+
+/// The live tenant's role name.
+pub async fn role_of(d: &Deployment, slug: &str) -> String {
+    d.catalog()
+        .await
+        .query_one(
+            "SELECT role_name FROM tenants WHERE slug = $1 AND state <> 'deleted'",
+            &[&slug],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The most sessions of `role` the server had at once while `work` ran.
+pub async fn peak_sessions<T>(
+    d: &Deployment,
+    slug: &str,
+    work: impl std::future::Future<Output = T>,
+) -> (i64, T) {
+    let role = role_of(d, slug).await;
+    let admin = d.pg.connect("postgres").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let n: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                        &[&role],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                peak = peak.max(n);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let out = work.await;
+    stop.store(true, Ordering::SeqCst);
+    (sampler.await.unwrap(), out)
 }

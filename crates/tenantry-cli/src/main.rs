@@ -60,6 +60,9 @@ enum Command {
     /// Schema changes across the fleet: what is pending, where each tenant stands.
     #[command(subcommand)]
     Migrate(commands::migrate::Command),
+    /// Usage per tenant and month, for billing.
+    #[command(subcommand)]
+    Usage(commands::usage::Command),
     /// Sign tokens for development and tests.
     #[command(subcommand)]
     Token(commands::token::Command),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Tenant(cmd) => commands::tenant::run(cmd, settings, cli.output).await,
             Command::Token(cmd) => commands::token::run(cmd, settings, cli.output).await,
             Command::Migrate(cmd) => commands::migrate::run(cmd, settings, cli.output).await,
+            Command::Usage(cmd) => commands::usage::run(cmd, settings).await,
             Command::Reconcile(opts) => commands::reconcile::run(opts, settings, cli.output).await,
         }
     });

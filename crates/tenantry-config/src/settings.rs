@@ -44,6 +44,10 @@ pub struct RouterSettings {
     pub sql_row_cap: usize,
     /// The most result bytes one `/v1/sql` request brings back (then 422 `result_too_large`).
     pub sql_max_result_bytes: usize,
+    /// How often a router adds its request and task counts to the catalog.
+    pub usage_flush_ms: u64,
+    /// How often the business figures of `/metrics` are read from the catalog.
+    pub business_refresh_s: u64,
 }
 
 /// `tenantry migrate run`'s defaults (its flags override the first two).
@@ -389,6 +393,8 @@ impl Settings {
             ("router.pool_wait_ms", self.router.pool_wait_ms),
             ("router.pool_connect_ms", self.router.pool_connect_ms),
             ("router.heartbeat_s", self.router.heartbeat_s),
+            ("router.usage_flush_ms", self.router.usage_flush_ms),
+            ("router.business_refresh_s", self.router.business_refresh_s),
             (
                 "router.sql_statement_timeout_ms",
                 self.router.sql_statement_timeout_ms,

@@ -3,6 +3,7 @@
 //! (`fleet::plan`, `fleet::status`); the record of what was applied (`history`); and
 //! the fleet runner (`runner`).
 
+pub mod fanout;
 pub mod fleet;
 pub mod history;
 pub mod runner;

@@ -482,10 +482,18 @@ impl Pools {
     }
 
     /// Says how many router replicas live (each with its own `Pools`): a tenant's plan
-    /// pool size is split among them ([`Pools::plan_share`]). Pools made before take
-    /// their new size at the next reap.
+    /// pool size is split among them ([`Pools::plan_share`]); pools made before take
+    /// their new size at once.
     pub fn set_replicas(&self, live: usize) {
-        self.inner.replicas.store(live.max(1), Ordering::SeqCst);
+        let live = live.max(1);
+        if self.inner.replicas.swap(live, Ordering::SeqCst) != live {
+            // Every pool takes its new part now, not at the next reap: when a replica
+            // joins, the connections it may open are given back at once.
+            let per_server = self.active_per_server(self.inner.now_ms());
+            for entry in self.inner.pools.iter() {
+                self.fit(&entry, &per_server);
+            }
+        }
     }
 
     /// Live router replicas, as last set (1 until then).
@@ -628,26 +636,13 @@ impl Pools {
         let c = &self.inner.config;
         let now = self.inner.now_ms();
         let mut idle_pools = Vec::new();
-        // Counted first: no second pass over the map while iterating it.
-        let mut per_server: std::collections::HashMap<i64, usize> =
-            std::collections::HashMap::new();
-        for entry in self.inner.pools.iter() {
-            if self.inner.is_active(&entry, now) {
-                *per_server.entry(entry.server).or_default() += 1;
-            }
-        }
+        let per_server = self.active_per_server(now);
         for entry in self.inner.pools.iter() {
             entry.pool.retain(|_, m| m.last_used() < c.idle_timeout);
             let _ = entry
                 .uses
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2));
-            // Keep every pool to its fair share of its server's budget.
-            let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
-            let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
-            let fair = self.plan_share(entry.plan_size).min(budget / pools).max(1);
-            if entry.pool.status().max_size != fair {
-                entry.pool.resize(fair);
-            }
+            self.fit(&entry, &per_server);
             let unused_ms = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
             if entry.pool.status().size == 0 && unused_ms > c.pool_idle_timeout.as_millis() as u64 {
                 idle_pools.push(*entry.key());
@@ -657,6 +652,29 @@ impl Pools {
             self.inner
                 .pools
                 .remove_if(&tenant, |_, e| e.pool.status().size == 0);
+        }
+    }
+
+    /// Active pools per server, counted before a pass that resizes them: no second pass
+    /// over the map while iterating it.
+    fn active_per_server(&self, now: u64) -> std::collections::HashMap<i64, usize> {
+        let mut per_server = std::collections::HashMap::new();
+        for entry in self.inner.pools.iter() {
+            if self.inner.is_active(&entry, now) {
+                *per_server.entry(entry.server).or_default() += 1;
+            }
+        }
+        per_server
+    }
+
+    /// Keeps a pool to this replica's part of its plan and its fair share of its
+    /// server's budget.
+    fn fit(&self, entry: &Entry, per_server: &std::collections::HashMap<i64, usize>) {
+        let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
+        let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
+        let fair = self.plan_share(entry.plan_size).min(budget / pools).max(1);
+        if entry.pool.status().max_size != fair {
+            entry.pool.resize(fair);
         }
     }
 

@@ -283,6 +283,8 @@ fn app_state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
 pub struct TenantAuth {
     pub claims: Arc<Claims>,
     pub tenant: String,
+    /// Where the resolved tenant is noted for metering.
+    pub(crate) billed: crate::meter::Billed,
 }
 
 impl FromRequest for TenantAuth {
@@ -298,7 +300,15 @@ impl FromRequest for TenantAuth {
                 .clone()
                 .filter(|t| tenantry_types::Slug::parse(t).is_ok())
                 .ok_or(ApiError::from(Rejection::Malformed))?;
-            Ok(TenantAuth { claims, tenant })
+            let billed = actix_web::HttpMessage::extensions(req)
+                .get::<crate::meter::Billed>()
+                .cloned()
+                .unwrap_or_default();
+            Ok(TenantAuth {
+                claims,
+                tenant,
+                billed,
+            })
         }))
     }
 }

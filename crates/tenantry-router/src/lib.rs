@@ -7,9 +7,11 @@
 mod admin;
 mod admin_views;
 pub mod auth;
+pub mod business;
 mod console;
 mod error;
 pub mod health;
+mod meter;
 mod metrics;
 pub mod openapi;
 pub mod replicas;
@@ -17,6 +19,7 @@ pub mod resolve;
 mod sql;
 mod tasks;
 mod tenant;
+mod usage;
 
 pub use error::{ApiError, ErrorCode};
 
@@ -59,6 +62,10 @@ pub struct AppState {
     /// The catalog's readiness and figures, refreshed every second.
     pub probe: Arc<health::Probe>,
     pub provisioner: Provisioner,
+    /// Requests and tasks counted for the catalog, flushed at a bounded rate.
+    pub meter: Arc<meter::Meter>,
+    /// The fleet's business figures, refreshed every `router.business_refresh_s`.
+    pub business: Arc<business::Business>,
     pub min_schema_version: i32,
     pub sql: sql::SqlLimits,
 }
@@ -72,9 +79,12 @@ pub enum SetupError {
 }
 
 /// The router's background work: the tenant change listener, the pool reaper, the
-/// replica heartbeat. [`Background::stop`] ends it and deregisters the replica.
+/// replica heartbeat, the usage flusher. [`Background::stop`] ends it, flushes the usage
+/// counted since the last flush, and deregisters the replica.
 pub struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    flusher: tokio::task::JoinHandle<()>,
+    stop_flusher: tokio::sync::watch::Sender<bool>,
     catalog: Catalog,
     replica: Uuid,
 }
@@ -83,6 +93,11 @@ impl Background {
     pub async fn stop(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        // Never aborted mid-flush: told to stop, it flushes once more and ends.
+        let _ = self.stop_flusher.send(true);
+        if let Err(e) = self.flusher.await {
+            tracing::error!(error = %e, "the usage flusher failed");
         }
         replicas::deregister(&self.catalog, self.replica).await;
     }
@@ -144,9 +159,18 @@ impl AppState {
         let limits = Arc::new(tenant::RateLimits::default());
         let probe = Arc::new(health::Probe::new());
         probe.refresh(&catalog).await;
+        let meter = Arc::new(meter::Meter::default());
+        let (stop_flusher, stopped) = tokio::sync::watch::channel(false);
+        let flusher = meter.spawn_flusher(
+            catalog.clone(),
+            Duration::from_millis(r.usage_flush_ms),
+            stopped,
+        );
+        let business = Arc::new(business::Business::default());
         let tasks = vec![
             resolver.spawn_listener(catalog_url),
             probe.spawn(catalog.clone(), Duration::from_secs(1)),
+            business.spawn(catalog.clone(), Duration::from_secs(r.business_refresh_s)),
             pools.spawn_reaper(Duration::from_secs(1)),
             replicas::spawn(catalog.clone(), pools.clone(), replica, every),
             {
@@ -170,6 +194,8 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::new()),
             probe,
             provisioner,
+            meter,
+            business,
             min_schema_version: r.min_schema_version,
             sql: sql::SqlLimits {
                 statement_timeout_ms: r.sql_statement_timeout_ms,
@@ -181,6 +207,8 @@ impl AppState {
             state,
             Background {
                 tasks,
+                flusher,
+                stop_flusher,
                 catalog,
                 replica,
             },
@@ -287,6 +315,7 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .configure(admin::routes)
             .configure(admin_views::routes)
             .configure(console::routes)
+            .configure(usage::routes)
             .default_service(web::to(error::not_found))
     })
     .disable_signals()

@@ -13,6 +13,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::meter::Billed;
 use crate::AppState;
 
 pub struct Metrics {
@@ -22,6 +23,99 @@ pub struct Metrics {
     cache: IntGaugeVec,
     pools: IntGaugeVec,
     tenants: IntGaugeVec,
+    business: BusinessGauges,
+}
+
+/// The fleet's business figures (`crate::business`); no tenant label, ever.
+struct BusinessGauges {
+    tenants: IntGaugeVec,
+    lifecycle: IntGaugeVec,
+    plan_changes: IntGaugeVec,
+    mrr: IntGaugeVec,
+    tasks: IntGaugeVec,
+    cost: IntGaugeVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl BusinessGauges {
+    fn new(r: &Registry) -> Self {
+        Self {
+            tenants: gauge(
+                r,
+                "tenantry_tenants_by_plan",
+                "tenants by plan and state",
+                &["plan", "state"],
+            ),
+            lifecycle: gauge(
+                r,
+                "tenantry_tenants_lifecycle",
+                "tenants ever created (past creating) and deleted: growth and churn",
+                &["event"],
+            ),
+            plan_changes: gauge(
+                r,
+                "tenantry_plan_changes",
+                "plan changes by direction of price (up, down, lateral)",
+                &["direction"],
+            ),
+            mrr: gauge(
+                r,
+                "tenantry_mrr_cents",
+                "monthly recurring revenue in cents: ready tenants times the plan's price",
+                &["plan"],
+            ),
+            tasks: gauge(
+                r,
+                "tenantry_tasks_month",
+                "tasks created this month (UTC), by agent",
+                &["agent"],
+            ),
+            cost: gauge(
+                r,
+                "tenantry_task_cost_cents_month",
+                "cost of the tasks created this month (UTC) in cents, by agent",
+                &["agent"],
+            ),
+        }
+    }
+
+    fn set(&self, f: &crate::business::Figures) {
+        for g in [
+            &self.tenants,
+            &self.plan_changes,
+            &self.mrr,
+            &self.tasks,
+            &self.cost,
+        ] {
+            g.reset();
+        }
+        for (plan, state, n) in &f.tenants {
+            self.tenants.with_label_values(&[plan, state]).set(*n);
+        }
+        self.lifecycle
+            .with_label_values(&["created"])
+            .set(f.created);
+        self.lifecycle
+            .with_label_values(&["deleted"])
+            .set(f.deleted);
+        for (direction, n) in &f.plan_changes {
+            self.plan_changes.with_label_values(&[direction]).set(*n);
+        }
+        for (plan, cents) in &f.mrr_cents {
+            self.mrr.with_label_values(&[plan]).set(*cents);
+        }
+        for (agent, tasks, cost) in &f.tasks {
+            self.tasks.with_label_values(&[agent]).set(*tasks);
+            self.cost.with_label_values(&[agent]).set(*cost);
+        }
+    }
 }
 
 impl Metrics {
@@ -77,6 +171,7 @@ impl Metrics {
             registry.register(c).expect("metric registered once");
         }
         Self {
+            business: BusinessGauges::new(&registry),
             registry,
             requests,
             latency,
@@ -94,18 +189,23 @@ impl Default for Metrics {
 }
 
 /// Counts and times every request under its route pattern (never the raw path, which
-/// would make one series per task id).
+/// would make one series per task id), and meters it for its tenant once one resolved.
 pub(crate) async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let billed = Billed::default();
+    req.extensions_mut().insert(billed.clone());
     let response = next.call(req).await?;
     let route = route_label(response.request());
     tracing::Span::current().record("http.route", route.as_str());
     if let Some(state) = state {
         let status = response.status();
+        if let Some(tenant) = billed.get() {
+            state.meter.request(tenant, &route, status.as_u16());
+        }
         state
             .metrics
             .requests
@@ -178,6 +278,9 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.tenants.reset();
     for (tenant_state, n) in state.probe.tenants() {
         m.tenants.with_label_values(&[&tenant_state]).set(n);
+    }
+    if let Some(figures) = state.business.figures() {
+        m.business.set(&figures);
     }
     let mut out = Vec::new();
     if TextEncoder::new()

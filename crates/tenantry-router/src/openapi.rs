@@ -99,6 +99,20 @@ impl PartialSchema for OperationStatus {
 
 impl ToSchema for OperationStatus {}
 
+/// A format of the usage export (`tenantry_metering::Format::NAMES`).
+pub struct UsageFormat;
+
+impl PartialSchema for UsageFormat {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            "json (default), csv, stripe (meter events) or cloudevents (OpenMeter)",
+            tenantry_metering::Format::NAMES,
+        )
+    }
+}
+
+impl ToSchema for UsageFormat {}
+
 struct Bearer;
 
 impl Modify for Bearer {
@@ -140,6 +154,7 @@ impl Modify for Bearer {
         crate::admin::list_servers,
         crate::admin::add_server,
         crate::admin::migrations,
+        crate::usage::usage,
         crate::admin_views::fleet,
         crate::admin_views::fleet_tenants,
         crate::admin_views::migration_runs,
@@ -147,7 +162,7 @@ impl Modify for Bearer {
         crate::admin_views::operations,
         crate::console::index,
     ),
-    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, OperationStatus)),
+    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, OperationStatus, UsageFormat)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;
@@ -222,6 +237,29 @@ mod tests {
         assert_eq!(id["format"], "uuid");
         let key = &param(&doc, "/v1/tasks", "post", "Idempotency-Key")["schema"];
         assert_eq!(key["maxLength"], 200);
+        assert_eq!(
+            schemas["UsageFormat"]["enum"],
+            json!(tenantry_metering::Format::NAMES)
+        );
+        let period = param(&doc, "/admin/v1/usage", "get", "period");
+        assert_eq!(period["required"], true);
+        // Years from 2000, months 01 to 12: what `Period::parse` takes.
+        assert_eq!(
+            period["schema"]["pattern"],
+            r"^([2-9][0-9]{3})-(0[1-9]|1[0-2])$"
+        );
+        for (text, valid) in [
+            ("2000-01", true),
+            ("9999-12", true),
+            ("1999-12", false),
+            ("2026-13", false),
+        ] {
+            assert_eq!(
+                tenantry_metering::Period::parse(text).is_ok(),
+                valid,
+                "{text}"
+            );
+        }
         // Every JSON body can be refused as malformed (400) or too large (413).
         for (path, method) in [
             ("/v1/tasks", "post"),

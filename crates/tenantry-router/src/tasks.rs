@@ -146,6 +146,7 @@ async fn create(
     if let Some(input) = &body.input {
         storable_json("input", input)?;
     }
+    let meter = state.meter.clone();
     let ctx = TenantCtx::new(state, auth).await?;
     // The token's subject is stored as the task's user_id.
     storable_text("the token's sub claim", ctx.user())?;
@@ -238,6 +239,8 @@ async fn create(
     .await
     .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
+    // Counted once it is committed (a retried key above found its task: not counted).
+    meter.task(ctx.route.tenant, agent.as_str(), i64::from(cost));
     Ok(HttpResponse::Created().json(task(&row)?))
 }
 

@@ -91,6 +91,7 @@ impl TenantCtx {
         auth.claims
             .reaches(route.tenant, route.created_at_s)
             .map_err(|why| ApiError::new(ErrorCode::Unauthorized, why))?;
+        auth.billed.set(route.tenant);
         match route.state {
             TenantState::Ready => {}
             TenantState::Suspended => {

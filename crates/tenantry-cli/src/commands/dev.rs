@@ -91,22 +91,34 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
     let provisioner = crate::context::provisioner_over(settings, &catalog)?;
     super::serve::reconcile_at_start(&provisioner).await;
 
-    // A tenant to try things with, made on the first run and found on the next.
+    // A tenant to try things with, made on the first run and found on the next, on
+    // whatever plan it was moved to since (a create on pro would refuse another plan).
     provisioner.lock_down_server("local").await?;
-    let (demo, created) = provisioner
-        .create_tenant(tenantry_provision::CreateTenant {
-            slug: "demo".into(),
-            plan: Some("pro".into()),
-            ..Default::default()
-        })
+    let found = provisioner
+        .show_tenant("demo")
         .await
-        .context("create the demo tenant")?;
-    if created {
-        eprintln!(
-            "Created tenant `demo` ({}, database {}).",
-            demo.plan, demo.database
-        );
-    }
+        .ok()
+        .filter(|t| t.state == "ready" || t.state == "suspended");
+    let demo = match found {
+        Some(demo) => demo,
+        None => {
+            let (demo, created) = provisioner
+                .create_tenant(tenantry_provision::CreateTenant {
+                    slug: "demo".into(),
+                    plan: Some("pro".into()),
+                    ..Default::default()
+                })
+                .await
+                .context("create the demo tenant")?;
+            if created {
+                eprintln!(
+                    "Created tenant `demo` ({}, database {}).",
+                    demo.plan, demo.database
+                );
+            }
+            demo
+        }
+    };
     let token = super::token::issue(
         settings,
         "demo",
@@ -117,12 +129,12 @@ async fn serve(settings: &Settings, cluster: &Cluster) -> Result<(), CliError> {
     )?;
 
     super::serve::serve_until_signal(settings, catalog, url, provisioner, |addr| {
-        print_banner(cluster, addr, &token);
+        print_banner(cluster, addr, &demo.plan, &token);
     })
     .await
 }
 
-fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr, token: &str) {
+fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr, plan: &str, token: &str) {
     let root = cluster.root().display();
     let auth = format!("-H 'Authorization: Bearer {token}'");
     println!(
@@ -131,7 +143,7 @@ fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr, token: &str) {
          \n  console     http://{addr}/admin/  (sign in with an admin token: cargo run -- token issue --admin --sub you)\
          \n  catalog     postgres://{user}@{host}:{port}/{CATALOG_DB}  (password in {root}/superuser.password)\
          \n  server      `local`: the embedded cluster, data in {root}/data, log in {root}/postgres.log\
-         \n  tenant      `demo` (plan pro); a token for it, valid 24 h:\
+         \n  tenant      `demo` (plan {plan}); a token for it, valid 24 h:\
          \n\n{token}\
          \n\nTry:\
          \n  curl -s http://{addr}/readyz\

@@ -6,3 +6,4 @@ pub mod serve;
 pub mod server;
 pub mod tenant;
 pub mod token;
+pub mod usage;

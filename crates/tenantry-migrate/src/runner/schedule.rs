@@ -1,17 +1,17 @@
-//! The fan-out: tenants `concurrency` at a time and `per_server` per server, canaries
-//! first, retries and the failure policy.
+//! The run's use of the fan-out ([`crate::fanout`]): tenants `concurrency` at a time and
+//! `per_server` per server, retries and the failure policy.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tenantry_catalog::Catalog;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::tenant::{self, Attempt, Scope, Tally};
 use super::{Connector, OnError, Progress, RunError, RunOptions, Target, TenantReport, CANCELLED};
+use crate::fanout::{FanOut, Limits};
 use crate::Template;
 
 pub(super) struct Run<C> {
@@ -39,14 +39,10 @@ struct Queued {
     from: Option<i32>,
     applied: Vec<String>,
     repaired: Vec<String>,
-    not_before: Instant,
     attempts: u32,
     busy_since: Option<Instant>,
     started: Option<Instant>,
 }
-
-/// A task's result: the tenant, its attempt, what it did, and its lock.
-type Finished<L> = (Queued, Attempt, Tally, Option<L>);
 
 impl<C: Connector> Run<C> {
     /// Adds tenants to the run's list (and its catalog rows).
@@ -91,104 +87,72 @@ impl<C: Connector> Run<C> {
         targets: Vec<Target>,
         progress: &(dyn Fn(Progress<'_>) + Send + Sync),
     ) {
-        let now = Instant::now();
-        let mut queue: VecDeque<Queued> = targets
-            .into_iter()
-            .map(|target| Queued {
+        let limits = Limits {
+            concurrency: self.opts.concurrency,
+            per_server: self.opts.per_server,
+        };
+        let (connector, opts) = (self.connector.clone(), self.opts.clone());
+        let (catalog, run_id) = (self.catalog.clone(), self.run_id);
+        let templates = Arc::new(self.templates.clone());
+        let cancel = self.opts.cancel.clone();
+        let mut fan = FanOut::new(limits, move |q: Queued| {
+            let template = templates[&q.target.template].clone();
+            let (connector, opts, catalog) = (connector.clone(), opts.clone(), catalog.clone());
+            // The run's row says `running` (written by the task, off this loop).
+            let mark = !opts.dry_run && q.attempts == 0 && q.busy_since.is_none();
+            async move {
+                let began = Instant::now();
+                let scope = Scope {
+                    connector: connector.as_ref(),
+                    catalog: &catalog,
+                    run_id,
+                    opts: &opts,
+                };
+                let mut tally = Tally::default();
+                let (attempt, lock) =
+                    tenant::attempt(&scope, mark, &q.target, &template, &mut tally).await;
+                (began, attempt, tally, lock)
+            }
+        })
+        .cancel_on(cancel);
+        for target in targets {
+            let server = target.server_id;
+            let q = Queued {
                 target,
                 from: None,
                 applied: Vec::new(),
                 repaired: Vec::new(),
-                not_before: now,
                 attempts: 0,
                 busy_since: None,
                 started: None,
-            })
-            .collect();
-        let mut per_server: HashMap<i64, usize> = HashMap::new();
-        let mut running: JoinSet<Finished<C::Lock>> = JoinSet::new();
-        let mut inflight: HashMap<tokio::task::Id, Queued> = HashMap::new();
+            };
+            fan.push(q, server);
+        }
         loop {
-            // Start what may start.
             if self.halted.is_none() && self.opts.cancel.load(Ordering::SeqCst) {
                 self.halted = Some(CANCELLED.into());
                 self.cancelled = true;
             }
-            while self.halted.is_none() && running.len() < self.opts.concurrency {
-                let now = Instant::now();
-                let Some(i) = queue.iter().position(|q| {
-                    q.not_before <= now
-                        && per_server.get(&q.target.server_id).copied().unwrap_or(0)
-                            < self.opts.per_server
-                }) else {
-                    break;
-                };
-                let mut q = queue.remove(i).expect("index from position");
-                *per_server.entry(q.target.server_id).or_default() += 1;
-                q.started.get_or_insert(now);
-                let template = self.templates[&q.target.template].clone();
-                let (connector, opts) = (self.connector.clone(), self.opts.clone());
-                // The run's row says `running` (written by the task, off this loop).
-                let mark = !self.opts.dry_run && q.attempts == 0 && q.busy_since.is_none();
-                let (catalog, run_id) = (self.catalog.clone(), self.run_id);
-                let snapshot = q.clone();
-                let handle = running.spawn(async move {
-                    let scope = Scope {
-                        connector: connector.as_ref(),
-                        catalog: &catalog,
-                        run_id,
-                        opts: &opts,
-                    };
-                    let mut tally = Tally::default();
-                    let (attempt, lock) =
-                        tenant::attempt(&scope, mark, &q.target, &template, &mut tally).await;
-                    (q, attempt, tally, lock)
-                });
-                inflight.insert(handle.id(), snapshot);
+            if self.halted.is_some() {
+                fan.halt();
             }
-            if running.is_empty() {
-                if self.halted.is_some() || queue.is_empty() {
-                    return;
+            let Some((mut q, joined)) = fan.next().await else {
+                if self.halted.is_none() && self.opts.cancel.load(Ordering::SeqCst) {
+                    self.halted = Some(CANCELLED.into());
+                    self.cancelled = true;
                 }
-                // Everything left waits for a lock or a backoff.
-                let wake = queue
-                    .iter()
-                    .map(|q| q.not_before)
-                    .min()
-                    .unwrap_or_else(Instant::now);
-                tokio::time::sleep_until(wake.into()).await;
-                continue;
-            }
-            // Wait for a tenant to finish, or for a waiting one that could start to be due.
-            let startable = |q: &&Queued| {
-                per_server.get(&q.target.server_id).copied().unwrap_or(0) < self.opts.per_server
-            };
-            let wake = (self.halted.is_none() && running.len() < self.opts.concurrency)
-                .then(|| queue.iter().filter(startable).map(|q| q.not_before).min())
-                .flatten();
-            let joined = match wake {
-                Some(wake) => {
-                    match tokio::time::timeout_at(wake.into(), running.join_next_with_id()).await {
-                        Ok(j) => j,
-                        Err(_) => continue,
-                    }
-                }
-                None => running.join_next_with_id().await,
+                return;
             };
             // The tenant's lock is held until its result is recorded.
-            let (mut q, attempt, tally, _lock) = match joined {
-                Some(Ok((id, done))) => {
-                    inflight.remove(&id);
-                    done
+            let (attempt, tally, _lock) = match joined {
+                Ok((began, attempt, tally, lock)) => {
+                    q.started.get_or_insert(began);
+                    (attempt, tally, lock)
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     // The task panicked: the tenant failed; nothing else is lost.
-                    let Some(q) = inflight.remove(&e.id()) else {
-                        continue;
-                    };
                     tracing::error!(tenant = %q.target.slug, error = %e, "a migration task panicked");
                     (
-                        q,
                         Attempt::Failed {
                             from: None,
                             to: None,
@@ -198,19 +162,15 @@ impl<C: Connector> Run<C> {
                         None,
                     )
                 }
-                None => continue,
             };
-            if let Some(n) = per_server.get_mut(&q.target.server_id) {
-                *n = n.saturating_sub(1);
-            }
             q.applied.extend(tally.applied);
             q.repaired.extend(tally.repaired);
             let report = match attempt {
                 Attempt::Busy => {
                     let waited = q.busy_since.get_or_insert_with(Instant::now).elapsed();
                     if waited < self.opts.statement_timeout {
-                        q.not_before = Instant::now() + Duration::from_millis(250);
-                        queue.push_back(q);
+                        let server = q.target.server_id;
+                        fan.push_after(q, server, Instant::now() + Duration::from_millis(250));
                         continue;
                     }
                     let from = q.from;
@@ -230,8 +190,8 @@ impl<C: Connector> Run<C> {
                         q.attempts += 1;
                         let backoff = Duration::from_millis(250 * 2u64.pow(q.attempts.min(6)));
                         tracing::info!(tenant = %q.target.slug, attempt = q.attempts, ?backoff, %error, "lock timeout; retrying");
-                        q.not_before = Instant::now() + backoff;
-                        queue.push_back(q);
+                        let server = q.target.server_id;
+                        fan.push_after(q, server, Instant::now() + backoff);
                         continue;
                     }
                     let from = q.from;

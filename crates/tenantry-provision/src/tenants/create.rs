@@ -105,7 +105,7 @@ impl Provisioner {
         }
         if !differences.is_empty() {
             return Err(ProvisionError::Conflict(format!(
-                "tenant {} already exists with {}; use another slug, or change the plan explicitly",
+                "tenant {} already exists with {}; use another slug (a plan is changed with `tenantry tenant set-plan`)",
                 info.slug,
                 differences.join(", ")
             )));
