@@ -257,6 +257,16 @@ async fn an_operator_runs_the_fleet_from_the_console() {
     }
     b.screenshot("fleet").await;
 
+    // A task for acme, which this month's usage shows.
+    let created = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(support::token("acme", None))
+        .json(&json!({"agent": "claude", "title": "a haiku"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
     // Tenants: search by slug.
     b.click("#nav-tenants").await;
     b.until(
@@ -280,6 +290,15 @@ async fn an_operator_runs_the_fleet_from_the_console() {
     b.select("#filter-plan", "pro").await;
     b.click("#filter-apply").await;
     b.until("acme alone", &listed(&["acme"])).await;
+    // Its tasks and cost this month, from the metering records (claude: 50 cents).
+    b.until(
+        "acme's metered usage",
+        "const row = document.querySelector('tr[data-slug=\"acme\"]'); \
+         return document.getElementById('usage-source').textContent.startsWith('metered') \
+           && row.querySelector('[data-usage=tasks]').textContent === '1' \
+           && row.querySelector('[data-usage=cost]').textContent === '$0.50'",
+    )
+    .await;
     b.screenshot("tenants").await;
     // Any plan again, so that acme stays listed as its plan changes.
     b.select("#filter-plan", "").await;
