@@ -1,7 +1,7 @@
 # Tenantry: `make run` starts everything locally, `make test` checks everything.
 CARGO ?= cargo
 
-.PHONY: run test bench fmt lint prerequisites postgres toolchain fuzzer clean
+.PHONY: run test bench fmt lint prerequisites postgres chromium toolchain fuzzer clean
 
 ## Start Tenantry on a private PostgreSQL cluster under ./.tenantry (Ctrl-C stops it).
 run: prerequisites
@@ -28,11 +28,16 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-prerequisites: postgres toolchain fuzzer
+prerequisites: postgres chromium toolchain fuzzer
 
 ## PostgreSQL server binaries (installs Debian's `postgresql` package when root and missing).
 postgres:
 	@scripts/ensure-postgres.sh
+
+## Headless Chromium and chromedriver for the console's browser tests (installs Debian's
+## `chromium` and `chromium-driver` when root and missing).
+chromium:
+	@scripts/ensure-chromium.sh
 
 ## rustfmt and clippy, when the toolchain came without them.
 toolchain:

@@ -51,6 +51,12 @@ async fn dev_comes_up_is_reused_and_leaves_no_postgres_behind() {
     assert_eq!(ready["status"], "ready");
     let health = wait_for_status(&format!("{base}/healthz"), 200, Duration::from_secs(5)).await;
     assert_eq!(health["status"], "ok");
+    // The banner names the operator console, which answers there.
+    let console = format!("{base}/admin/");
+    assert!(first.output_so_far().0.contains(&console));
+    let page = reqwest::get(&console).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Tenantry console"));
     let pid = postmaster_pid(&data_dir);
     assert!(process_alive(pid));
     {

@@ -308,7 +308,13 @@ async fn tokens_inputs_and_errors_over_http() {
     assert_eq!(
         paths,
         [
+            "/admin/",
+            "/admin/v1/fleet",
+            "/admin/v1/fleet/tenants",
+            "/admin/v1/migration-runs",
+            "/admin/v1/migration-runs/{id}",
             "/admin/v1/migrations",
+            "/admin/v1/operations",
             "/admin/v1/servers",
             "/admin/v1/tenants",
             "/admin/v1/tenants/{slug}",

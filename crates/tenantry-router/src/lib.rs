@@ -5,8 +5,10 @@
 //! response body, so no driver text or internal detail can leak.
 
 mod admin;
+mod admin_views;
 pub mod auth;
 pub mod business;
+mod console;
 mod error;
 pub mod health;
 mod meter;
@@ -312,6 +314,8 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             .configure(tasks::routes)
             .configure(sql::routes)
             .configure(admin::routes)
+            .configure(admin_views::routes)
+            .configure(console::routes)
             .configure(usage::routes)
             .default_service(web::to(error::not_found))
     })

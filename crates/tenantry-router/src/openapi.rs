@@ -85,6 +85,20 @@ impl PartialSchema for TenantStateName {
 
 impl ToSchema for TenantStateName {}
 
+/// A ledger step's status (`operations.status`).
+pub struct OperationStatus;
+
+impl PartialSchema for OperationStatus {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            "a ledger step's status",
+            crate::admin_views::OPERATION_STATUSES.iter().copied(),
+        )
+    }
+}
+
+impl ToSchema for OperationStatus {}
+
 /// A format of the usage export (`tenantry_metering::Format::NAMES`).
 pub struct UsageFormat;
 
@@ -141,8 +155,14 @@ impl Modify for Bearer {
         crate::admin::add_server,
         crate::admin::migrations,
         crate::usage::usage,
+        crate::admin_views::fleet,
+        crate::admin_views::fleet_tenants,
+        crate::admin_views::migration_runs,
+        crate::admin_views::migration_run,
+        crate::admin_views::operations,
+        crate::console::index,
     ),
-    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, UsageFormat)),
+    components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, OperationStatus, UsageFormat)),
     modifiers(&Bearer)
 )]
 pub struct ApiDoc;

@@ -140,6 +140,7 @@ fn print_banner(cluster: &Cluster, addr: std::net::SocketAddr, plan: &str, token
     println!(
         "\nTenantry is running (dev).\n\
          \n  router      http://{addr}\
+         \n  console     http://{addr}/admin/  (sign in with an admin token: cargo run -- token issue --admin --sub you)\
          \n  catalog     postgres://{user}@{host}:{port}/{CATALOG_DB}  (password in {root}/superuser.password)\
          \n  server      `local`: the embedded cluster, data in {root}/data, log in {root}/postgres.log\
          \n  tenant      `demo` (plan {plan}); a token for it, valid 24 h:\
