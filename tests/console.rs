@@ -587,6 +587,23 @@ async fn the_read_views_filter_page_and_refuse_what_cannot_be() {
     );
     assert_eq!(fleet["servers"][0]["name"], "s1");
     assert_eq!(fleet["servers"][0]["tenants"], 3);
+    // Online moves: what the server itself says of its replication settings.
+    let wal_level: String =
+        d.pg.connect("postgres")
+            .await
+            .query_one("SHOW wal_level", &[])
+            .await
+            .unwrap()
+            .get(0);
+    let online = fleet["servers"][0]["logical_replication"].as_str().unwrap();
+    if wal_level == "logical" {
+        assert_eq!(online, "yes");
+    } else {
+        assert!(
+            online.starts_with(&format!("no: wal_level is {wal_level}, not logical")),
+            "{online}"
+        );
+    }
 
     // Tenants: filters, and pages that follow on by cursor.
     let page = get(base, "/admin/v1/fleet/tenants?limit=2", a).await.1;

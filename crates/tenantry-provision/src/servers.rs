@@ -190,6 +190,44 @@ impl Provisioner {
             .collect())
     }
 
+    /// Whether each server can move tenants online: logical replication needs
+    /// `wal_level = logical` and room for a replication slot and a WAL sender. By server
+    /// name: `Ok(None)` when it can, `Ok(Some(why not))`, or `Err` when it could not be
+    /// asked (each server is asked at most `within`, all at once).
+    pub async fn online_move_capability(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<Vec<(String, Result<Option<String>, ProvisionError>)>, ProvisionError> {
+        let servers = self.all_servers().await?;
+        let asks = servers.iter().map(|server| async move {
+            let ask = async {
+                let admin = self.admin.get(server).await?;
+                let row = admin
+                    .query_one(
+                        "SELECT current_setting('wal_level'),
+                                current_setting('max_replication_slots')::int,
+                                current_setting('max_wal_senders')::int",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| {
+                        ProvisionError::server(&server.name, "read its replication settings", &e)
+                    })?;
+                Ok(replication_gap(row.get(0), row.get(1), row.get(2)))
+            };
+            let answer = match tokio::time::timeout(within, ask).await {
+                Ok(answer) => answer,
+                Err(_) => Err(ProvisionError::Conflict(format!(
+                    "server {} did not answer within {} ms",
+                    server.name,
+                    within.as_millis()
+                ))),
+            };
+            (server.name.clone(), answer)
+        });
+        Ok(futures_util::future::join_all(asks).await)
+    }
+
     /// Stops new placements on `name`; its tenants stay.
     pub async fn drain_server(&self, name: &str) -> Result<ServerInfo, ProvisionError> {
         self.set_server_state(name, ServerState::Draining).await
@@ -442,4 +480,33 @@ fn not_found(name: &str) -> ProvisionError {
     ProvisionError::NotFound(format!(
         "server {name:?} is not registered; `tenantry server list` shows the servers"
     ))
+}
+
+/// What a server lacks for logical replication (`None`: nothing).
+fn replication_gap(wal_level: &str, slots: i32, senders: i32) -> Option<String> {
+    let mut lacks = Vec::new();
+    if wal_level != "logical" {
+        lacks.push(format!("wal_level is {wal_level}, not logical"));
+    }
+    if slots < 1 {
+        lacks.push("max_replication_slots is 0".to_owned());
+    }
+    if senders < 1 {
+        lacks.push("max_wal_senders is 0".to_owned());
+    }
+    (!lacks.is_empty()).then(|| lacks.join("; "))
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::replication_gap;
+
+    #[test]
+    fn a_server_says_what_it_lacks_for_online_moves() {
+        assert_eq!(replication_gap("logical", 10, 10), None);
+        assert_eq!(
+            replication_gap("replica", 10, 0).as_deref(),
+            Some("wal_level is replica, not logical; max_wal_senders is 0")
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! with their per-tenant results, and the ledger's steps. Catalog reads only.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use base64::Engine;
@@ -121,10 +122,11 @@ pub(crate) struct FleetServer {
     /// Connections this router holds to it now, and requests waiting for one.
     connections_in_use: Option<usize>,
     waiting: Option<usize>,
-    /// Whether tenants can move off it online (logical replication): `unknown` for
-    /// now, as no router probes a server's `wal_level` and replication slots yet.
-    #[schema(value_type = String, example = "unknown")]
-    logical_replication: &'static str,
+    /// Whether tenants can move off it online (logical replication): `yes`, `no: ` and
+    /// what the server lacks (`wal_level`, a replication slot, a WAL sender), or
+    /// `unknown: ` and why (the server did not answer).
+    #[schema(example = "no: wal_level is replica, not logical")]
+    logical_replication: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -167,14 +169,31 @@ const FLEET_REVENUE: &str = "
     security(("bearer" = [])))]
 async fn fleet(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse, ApiError> {
     let usage = state.pools.usage();
+    let mut online = state
+        .provisioner
+        .online_move_capability(Duration::from_secs(2))
+        .await
+        .unwrap_or_default();
     let servers = query(&state, FLEET_SERVERS, &[])
         .await?
         .iter()
         .map(|r| {
             let id: i64 = r.get(0);
+            let name: String = r.get(1);
             let used = usage.iter().find(|u| u.server == id);
+            let logical_replication = match online.iter().position(|(n, _)| *n == name) {
+                Some(i) => match online.swap_remove(i).1 {
+                    Ok(None) => "yes".to_owned(),
+                    Ok(Some(lacks)) => format!("no: {lacks}"),
+                    Err(e) => {
+                        tracing::warn!(server = %name, error = %e, "replication settings not read");
+                        "unknown: the server did not answer".to_owned()
+                    }
+                },
+                None => "unknown: the server was added meanwhile".to_owned(),
+            };
             FleetServer {
-                name: r.get(1),
+                name,
                 state: r.get(2),
                 capacity: r.get(3),
                 max_connections: r.get(4),
@@ -182,7 +201,7 @@ async fn fleet(state: web::Data<AppState>, _: AdminAuth) -> Result<HttpResponse,
                 budget: used.map(|u| u.budget),
                 connections_in_use: used.map(|u| u.open),
                 waiting: used.map(|u| u.waiting),
-                logical_replication: "unknown",
+                logical_replication,
             }
         })
         .collect();
