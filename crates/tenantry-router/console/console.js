@@ -224,29 +224,6 @@ function period() {
   return new Date().toISOString().slice(0, 7);
 }
 
-// This month's tasks and cost per tenant slug, from the metering records of
-// GET /admin/v1/usage (tasks and task_cost_cents, by agent) when the router has it;
-// null when it does not (the catalog's counts stay then).
-async function meteredUsage() {
-  let body;
-  try {
-    body = await api(`${API}/usage${query({ period: period() })}`);
-  } catch (e) {
-    if (e instanceof SignedOut) throw e;
-    return null;
-  }
-  const bySlug = new Map();
-  for (const r of body.records || []) {
-    const value = Number(r.value);
-    if (!r.slug || !Number.isFinite(value)) continue;
-    const u = bySlug.get(r.slug) || { tasks: 0, cost: 0 };
-    if (r.meter === "tasks") u.tasks += value;
-    else if (r.meter === "task_cost_cents") u.cost += value;
-    bySlug.set(r.slug, u);
-  }
-  return bySlug;
-}
-
 async function fillTenantFilters() {
   if (!fleetCache) fleetCache = await api(`${API}/fleet`);
   const fill = (select, values) => {
@@ -274,20 +251,11 @@ async function showTenants(more = false) {
     schema_version: $("filter-version").value,
     cursor: tenantsState.cursor,
   })}`);
-  $("usage-source").textContent = `counted into the catalog so far, ${period()}`;
+  $("usage-source").textContent =
+    `${period()}, as the routers count them (added to the catalog every few seconds)`;
   for (const t of page.items) body.append(tenantRow(t));
   tenantsState.cursor = page.next_cursor;
   $("tenants-more").hidden = !page.next_cursor;
-  // The metered figures replace the catalog's as they come (reading them visits the
-  // tenants' databases, so the rows are shown first).
-  const usage = await meteredUsage();
-  if (!usage) return;
-  $("usage-source").textContent = `metered, ${period()} (GET /admin/v1/usage)`;
-  for (const row of body.rows) {
-    const u = usage.get(row.dataset.slug) || { tasks: 0, cost: 0 };
-    row.querySelector("[data-usage=tasks]").textContent = u.tasks;
-    row.querySelector("[data-usage=cost]").textContent = money(u.cost);
-  }
 }
 
 function tenantRow(t) {
