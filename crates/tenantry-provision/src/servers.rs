@@ -263,11 +263,7 @@ impl Provisioner {
         let mut client = self.catalog.client().await?;
         let tx = client.transaction().await?;
         // Under the placement lock: no create can place a tenant here meanwhile.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
-            &[],
-        )
-        .await?;
+        lock_placements(&tx).await?;
         let row = tx
             .query_one(
                 &format!(
@@ -480,6 +476,19 @@ fn not_found(name: &str) -> ProvisionError {
     ProvisionError::NotFound(format!(
         "server {name:?} is not registered; `tenantry server list` shows the servers"
     ))
+}
+
+/// Takes the placement lock for the rest of `tx`: placements (and a server's removal)
+/// take turns, so two never both count a server's last slot.
+pub(crate) async fn lock_placements(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(), ProvisionError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
+        &[],
+    )
+    .await?;
+    Ok(())
 }
 
 /// What a server lacks for logical replication (`None`: nothing).

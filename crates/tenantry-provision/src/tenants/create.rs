@@ -138,12 +138,7 @@ impl Provisioner {
             let id = TenantId::new();
             let mut client = self.catalog.client().await?;
             let tx = client.transaction().await?;
-            // Placements take turns, so two creators never both fill a server's last slot.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('tenantry-placement'))",
-                &[],
-            )
-            .await?;
+            crate::servers::lock_placements(&tx).await?;
             let still_fits: bool = tx
                 .query_one(
                     &format!(
