@@ -5,16 +5,16 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
+use crate::limit::Limit;
 use crate::queue::Waiters;
 
 /// A server's share of connections.
 pub struct Budget {
-    pub(crate) semaphore: Arc<Semaphore>,
-    pub(crate) limit: AtomicUsize,
-    /// Permits to swallow as connections close, after the limit was lowered.
-    pub(crate) debt: AtomicUsize,
+    /// Its permits; lowered, the connections over it close before their permits come
+    /// back to anyone.
+    pub(crate) limit: Limit,
     pub(crate) open: AtomicUsize,
     /// Connections opened and idle connections closed to make room, since start.
     pub(crate) opened: AtomicU64,
@@ -81,9 +81,7 @@ impl Life {
 impl Budget {
     pub(crate) fn new(limit: usize, max_defer: Duration) -> Self {
         Self {
-            semaphore: Arc::new(Semaphore::new(limit)),
-            limit: AtomicUsize::new(limit),
-            debt: AtomicUsize::new(0),
+            limit: Limit::new(limit),
             open: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -95,30 +93,8 @@ impl Budget {
     }
 
     pub(crate) fn set_limit(&self, new: usize) {
-        let old = self.limit.swap(new, Ordering::SeqCst);
-        if new > old {
-            let mut grow = new - old;
-            // Pay back debt first.
-            while grow > 0 {
-                let debt = self.debt.load(Ordering::SeqCst);
-                if debt == 0 {
-                    break;
-                }
-                let pay = debt.min(grow);
-                if self
-                    .debt
-                    .compare_exchange(debt, debt - pay, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    grow -= pay;
-                }
-            }
-            self.semaphore.add_permits(grow);
+        if self.limit.set(new) {
             self.returned();
-        } else if new < old {
-            let shrink = old - new;
-            let forgotten = self.semaphore.forget_permits(shrink);
-            self.debt.fetch_add(shrink - forgotten, Ordering::SeqCst);
         }
     }
 }
@@ -139,15 +115,7 @@ impl Drop for Slot {
         // eviction uncounted after: a waiter that sees the count drop finds the permit
         // already given out, and does not close another tenant's connection for a
         // permit on its way.
-        let owed = self
-            .budget
-            .debt
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
-            .is_ok();
-        if owed {
-            permit.forget();
-        } else {
-            drop(permit);
+        if self.budget.limit.give_back(permit) {
             self.budget.returned();
         }
         self.budget.open.fetch_sub(1, Ordering::SeqCst);

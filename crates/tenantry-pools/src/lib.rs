@@ -20,19 +20,23 @@
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool::managed;
 use secrecy::{ExposeSecret, SecretString};
 
 mod budget;
+mod conn;
+mod lease;
+mod limit;
 mod queue;
 mod stream;
 pub use budget::Budget;
-use budget::{Life, Slot};
-use tokio::sync::OwnedSemaphorePermit;
+pub use conn::{Conn, Manager};
+pub use lease::{release, Lease};
+use limit::Limit;
 use uuid::Uuid;
 
 /// Timeouts and idle limits.
@@ -95,266 +99,9 @@ pub enum ConnError {
     Pg(#[from] tokio_postgres::Error),
 }
 
-/// One open connection. Its budget permit is held by the task driving the connection,
-/// which ends when the server has closed the socket (see [`stream`]).
-pub struct Conn {
-    client: deadpool_postgres::ClientWrapper,
-    dirty: bool,
-    /// Shared with the connection's [`Slot`].
-    life: Arc<Life>,
-    /// Shared with the connection's stream.
-    reads: Arc<stream::ReadCap>,
-}
-
-impl Conn {
-    /// Says the session may carry state of its own (settings, temporary tables, …):
-    /// it is cleaned before anyone uses it again. Plain queries and transactions leave
-    /// nothing behind and need no cleaning, which costs a round trip.
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
-    }
-
-    /// Caps the bytes the connection may read from now on (`None`: no cap). Past the cap
-    /// the connection is closed, and [`Conn::reads_capped`] says so.
-    pub fn cap_reads(&self, bytes: Option<u64>) {
-        self.reads.set(bytes);
-    }
-
-    /// Whether the connection went past its read cap (and is closed).
-    pub fn reads_capped(&self) -> bool {
-        self.reads.tripped()
-    }
-}
-
-/// What cleaning runs: everything a session can keep, short of the prepared
-/// statements Tenantry itself caches.
-/// Prepared statements are not cleaned but counted: one the session prepared itself
-/// (`PREPARE`, `from_sql`) could take a name the driver will use, and one of ours that is
-/// gone (`DEALLOCATE`) would fail its next use, so either way the connection is closed.
-const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
-                         SELECT count(*) FILTER (WHERE from_sql), count(*) FILTER (WHERE NOT from_sql) \
-                         FROM pg_prepared_statements;";
-
-impl std::ops::Deref for Conn {
-    type Target = deadpool_postgres::ClientWrapper;
-    fn deref(&self) -> &Self::Target {
-        &self.client
-    }
-}
-
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.client
-    }
-}
-
-/// A session as it opens: the client, and the connection its task is to drive.
-type Opened = (
-    tokio_postgres::Client,
-    tokio_postgres::Connection<stream::UntilClosed, tokio_postgres::tls::NoTlsStream>,
-);
-
-/// The pool manager: opens connections as the tenant, each holding a budget permit.
-pub struct Manager {
-    config: tokio_postgres::Config,
-    host: String,
-    port: u16,
-    connect_timeout: Duration,
-    budget: Arc<Budget>,
-    pools: Weak<Inner>,
-    tenant: Uuid,
-    server: i64,
-    wait: Duration,
-    priority: u8,
-}
-
-impl Manager {
-    /// A permit of the server's budget: a free one when nobody waits; else a place in
-    /// the queue, which hands out permits by priority ([`queue`]); while waiting, close an
-    /// idle connection of another tenant on this server (unless enough closes are
-    /// already on their way for everyone waiting) and wait a moment for a permit; again,
-    /// until the deadline.
-    async fn permit(&self, deadline: tokio::time::Instant) -> Result<Slot, ConnError> {
-        let budget = &self.budget;
-        // Nobody ahead: a free permit is taken (a waiter would be handed it otherwise).
-        if budget.waiting.load(Ordering::SeqCst) == 0 {
-            if let Ok(p) = budget.semaphore.clone().try_acquire_owned() {
-                return Ok(self.slot(p));
-            }
-        }
-        let mut wait = budget.wait(self.priority);
-        let permit = loop {
-            if let Some(p) = wait.granted() {
-                break p;
-            }
-            let short =
-                budget.evicting.load(Ordering::SeqCst) < budget.waiting.load(Ordering::SeqCst);
-            if short {
-                if let Some(pools) = self.pools.upgrade() {
-                    pools.evict_one_idle(self.server, self.tenant);
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(ConnError::Budget);
-            }
-            let pause = (deadline - now).min(Duration::from_millis(10));
-            if let Some(p) = wait.granted_within(pause).await {
-                break p;
-            }
-        };
-        drop(wait);
-        Ok(self.slot(permit))
-    }
-
-    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.budget.open.fetch_add(1, Ordering::SeqCst);
-        self.budget.opened.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            permit: Some(permit),
-            budget: self.budget.clone(),
-            life: Arc::new(Life::new()),
-        }
-    }
-
-    /// Opens the connection; a server that says the role (or the server) has too many
-    /// connections (SQLSTATE 53300) is asked again until `deadline`, as a full pool would
-    /// be waited for: when a router replica joins, the others shrink their pools for the
-    /// tenant only at their next heartbeat. The slot's permit is kept meanwhile.
-    async fn open(
-        &self,
-        deadline: tokio::time::Instant,
-        reads: &Arc<stream::ReadCap>,
-    ) -> Result<Opened, ConnError> {
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let error = match tokio::time::timeout(self.connect_timeout, self.connect(reads)).await
-            {
-                Err(_) => return Err(ConnError::Timeout),
-                Ok(Ok(opened)) => return Ok(opened),
-                Ok(Err(e)) => e,
-            };
-            let full = matches!(&error, ConnError::Pg(e)
-                if e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS));
-            if !full {
-                return Err(error);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                tracing::debug!(error = %error, "the server kept refusing: too many connections");
-                return Err(ConnError::Budget);
-            }
-            // Asked again up to the deadline itself, the last time at it.
-            tokio::time::sleep_until((now + pause).min(deadline)).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
-        }
-    }
-
-    async fn connect(&self, reads: &Arc<stream::ReadCap>) -> Result<Opened, ConnError> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(ConnError::Connect)?;
-        tcp.set_nodelay(true).map_err(ConnError::Connect)?;
-        Ok(self
-            .config
-            .connect_raw(
-                stream::UntilClosed::new(tcp, reads.clone()),
-                tokio_postgres::NoTls,
-            )
-            .await?)
-    }
-}
-
-impl managed::Manager for Manager {
-    type Type = Conn;
-    type Error = ConnError;
-
-    async fn create(&self) -> Result<Conn, ConnError> {
-        // Whatever way this ends (an error, a timeout, the future dropped), the slot is
-        // dropped with it and gives its permit and its count back.
-        let deadline = tokio::time::Instant::now() + self.wait;
-        let slot = self.permit(deadline).await?;
-        let life = slot.life.clone();
-        let reads = Arc::new(stream::ReadCap::default());
-        let (client, connection) = self.open(deadline, &reads).await?;
-        // The task drives the connection and holds the permit until the server has
-        // closed the socket; dropping the client ends the session (Terminate, then
-        // our side shut, then the server's close).
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "tenant connection ended with an error");
-            }
-            drop(slot);
-        });
-        // The wrapper aborts the task it is given when dropped; it is given one that has
-        // nothing to do, so the connection above ends cleanly instead.
-        let noop = tokio::spawn(async {});
-        Ok(Conn {
-            client: deadpool_postgres::ClientWrapper::new(client, noop),
-            dirty: false,
-            life,
-            reads,
-        })
-    }
-
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<ConnError> {
-        if conn.client.is_closed() || conn.reads.tripped() {
-            return Err(RecycleError::message("connection closed"));
-        }
-        // A request that ended early (its client went away) may have left a cap set.
-        conn.reads.set(None);
-        if conn.dirty {
-            clean(conn).await.map_err(RecycleError::message)?;
-        }
-        Ok(())
-    }
-}
-
-/// Cleans a dirty session; `Err` when it cannot be reused.
-async fn clean(conn: &mut Conn) -> Result<(), &'static str> {
-    let messages = conn
-        .client
-        .simple_query(CLEAN_SQL)
-        .await
-        .map_err(|_| "the session could not be cleaned")?;
-    // The last row is the count's (an earlier one is the unlock's).
-    let counts = messages.iter().rev().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => Some((
-            r.try_get(0)
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse::<usize>().ok()),
-            r.try_get(1)
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse::<usize>().ok()),
-        )),
-        _ => None,
-    });
-    let ours = conn.client.statement_cache.size();
-    match counts {
-        Some((Some(0), Some(n))) if n >= ours => {
-            conn.dirty = false;
-            Ok(())
-        }
-        _ => Err("the session's prepared statements were changed"),
-    }
-}
-
 type Pool = managed::Pool<Manager>;
 /// A pooled connection; returned to its pool when dropped.
 pub type Object = managed::Object<Manager>;
-
-/// Gives a connection back to its pool cleaned, now rather than at its next use: what a
-/// session holds (an advisory lock, say) is let go as soon as its request is done, not
-/// when the connection is next taken. A session that cannot be cleaned is closed.
-/// Run it in a task of its own after answering (`tokio::spawn(release(conn))`).
-pub async fn release(mut conn: Object) {
-    if conn.dirty && clean(&mut conn).await.is_err() {
-        drop(Object::take(conn));
-    }
-}
 
 struct Entry {
     pool: Pool,
@@ -363,8 +110,32 @@ struct Entry {
     last_used: Arc<AtomicU64>,
     /// Requests lately: counted on every use, halved at every reap (a decaying count).
     uses: AtomicU64,
-    /// The plan's pool size: this replica's part of it is the most the pool may grow to.
+    /// The plan's pool size (the deadpool pool's, never resized): this replica's part
+    /// of it is the most `size` may grow to.
     plan_size: usize,
+    /// How many connections the pool may lend at once in this replica (see [`lease`]).
+    size: Arc<Limit>,
+}
+
+impl Entry {
+    /// Sets the pool's size in this replica; lowered, idle connections over it close now
+    /// (those in use close as they come back).
+    fn set_size(&self, size: usize) {
+        if self.size.get() == size {
+            return;
+        }
+        self.size.set(size);
+        let status = self.pool.status();
+        let lent = status.size.saturating_sub(status.available);
+        let mut idle_kept = size.saturating_sub(lent);
+        if status.available > idle_kept {
+            self.pool.retain(|_, _| {
+                let keep = idle_kept > 0;
+                idle_kept = idle_kept.saturating_sub(1);
+                keep
+            });
+        }
+    }
 }
 
 struct Inner {
@@ -532,9 +303,31 @@ impl Pools {
     }
 
     /// A connection to the tenant's database, within the wait deadline.
-    pub async fn get(&self, target: &Target) -> Result<Object, PoolError> {
-        let pool = self.pool_for(target)?;
-        pool.get().await.map_err(|e| match e {
+    pub async fn get(&self, target: &Target) -> Result<Lease, PoolError> {
+        let (pool, size) = self.pool_for(target)?;
+        let permit = match size.semaphore.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(
+                self.inner.config.wait_timeout,
+                size.semaphore.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(p)) => p,
+                _ => return Err(PoolError::Busy),
+            },
+        };
+        match pool.get().await {
+            Ok(conn) => Ok(Lease::new(conn, permit, size)),
+            Err(e) => {
+                size.give_back(permit);
+                Err(Self::pool_error(e))
+            }
+        }
+    }
+
+    fn pool_error(e: managed::PoolError<ConnError>) -> PoolError {
+        match e {
             managed::PoolError::Backend(ConnError::Pg(e)) => {
                 PoolError::Unavailable(tenantry_catalog::describe_pg_error(&e))
             }
@@ -546,10 +339,11 @@ impl Pools {
             | managed::PoolError::Closed
             | managed::PoolError::NoRuntimeSpecified
             | managed::PoolError::PostCreateHook(_) => PoolError::Busy,
-        })
+        }
     }
 
-    fn pool_for(&self, target: &Target) -> Result<Pool, PoolError> {
+    /// The tenant's pool and its size in this replica.
+    fn pool_for(&self, target: &Target) -> Result<(Pool, Arc<Limit>), PoolError> {
         use dashmap::mapref::entry::Entry as Slot;
         let now = self.inner.now_ms();
         // Clone the pool out: no map guard is held across an await. A request that read
@@ -558,14 +352,17 @@ impl Pools {
             if entry.generation >= target.generation {
                 entry.last_used.store(now, Ordering::Relaxed);
                 entry.uses.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.pool.clone());
+                return Ok((entry.pool.clone(), entry.size.clone()));
             }
         }
         // Sized and built with no guard held (sizing reads the map).
-        let size = self.fair_size(target.server, self.plan_share(target.max_size));
-        let built = self.build(target, size)?;
+        let size = Arc::new(Limit::new(
+            self.fair_size(target.server, self.plan_share(target.max_size)),
+        ));
+        let built = self.build(target)?;
         let entry = Entry {
             pool: built.clone(),
+            size: size.clone(),
             generation: target.generation,
             server: target.server,
             last_used: Arc::new(AtomicU64::new(now)),
@@ -577,12 +374,12 @@ impl Pools {
             Slot::Occupied(e) if e.get().generation >= target.generation => {
                 e.get().last_used.store(now, Ordering::Relaxed);
                 e.get().uses.fetch_add(1, Ordering::Relaxed);
-                (e.get().pool.clone(), None, false)
+                ((e.get().pool.clone(), e.get().size.clone()), None, false)
             }
-            Slot::Occupied(mut e) => (built, Some(e.insert(entry)), true),
+            Slot::Occupied(mut e) => ((built, size), Some(e.insert(entry)), true),
             Slot::Vacant(e) => {
                 e.insert(entry);
-                (built, None, true)
+                ((built, size), None, true)
             }
         };
         if let Some(old) = replaced {
@@ -600,13 +397,15 @@ impl Pools {
     fn shrink_to_fair(&self, server: i64) {
         let fair = self.fair_size(server, usize::MAX);
         for entry in self.inner.pools.iter() {
-            if entry.server == server && entry.pool.status().max_size > fair {
-                entry.pool.resize(fair);
+            if entry.server == server && entry.size.get() > fair {
+                entry.set_size(fair);
             }
         }
     }
 
-    fn build(&self, target: &Target, max_size: usize) -> Result<Pool, PoolError> {
+    /// The tenant's deadpool pool, at its plan's full size: what this replica may use of
+    /// it is the entry's `size`.
+    fn build(&self, target: &Target) -> Result<Pool, PoolError> {
         let c = &self.inner.config;
         let mut pg = tokio_postgres::Config::new();
         pg.dbname(&target.database)
@@ -629,7 +428,7 @@ impl Pools {
             priority: target.priority,
         };
         managed::Pool::builder(manager)
-            .max_size(max_size)
+            .max_size(target.max_size.max(1))
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(c.wait_timeout))
             .create_timeout(Some(c.wait_timeout + c.connect_timeout))
@@ -684,12 +483,9 @@ impl Pools {
     /// Keeps a pool to this replica's part of its plan and its fair share of its
     /// server's budget.
     fn fit(&self, entry: &Entry, per_server: &std::collections::HashMap<i64, usize>) {
-        let budget = self.budget(entry.server).limit.load(Ordering::SeqCst);
+        let budget = self.budget(entry.server).limit.get();
         let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
-        let fair = self.plan_share(entry.plan_size).min(budget / pools).max(1);
-        if entry.pool.status().max_size != fair {
-            entry.pool.resize(fair);
-        }
+        entry.set_size(self.plan_share(entry.plan_size).min(budget / pools).max(1));
     }
 
     /// A pool's size: its plan's (this replica's part of it), but no more than an even
@@ -697,7 +493,7 @@ impl Pools {
     /// tenant waits for its own connections instead of taking other tenants' (which
     /// would make every request open a connection).
     fn fair_size(&self, server: i64, plan_size: usize) -> usize {
-        let budget = self.budget(server).limit.load(Ordering::SeqCst);
+        let budget = self.budget(server).limit.get();
         let now = self.inner.now_ms();
         let pools = self
             .inner
@@ -732,7 +528,7 @@ impl Pools {
             .iter()
             .map(|b| ServerUsage {
                 server: *b.key(),
-                budget: b.limit.load(Ordering::SeqCst),
+                budget: b.limit.get(),
                 open: b.open.load(Ordering::SeqCst),
                 opened: b.opened.load(Ordering::Relaxed),
                 evicted: b.evicted.load(Ordering::Relaxed),

@@ -68,7 +68,7 @@ impl Budget {
     fn hand_out(&self, waiters: &mut Waiters) {
         let now = Instant::now();
         while !waiters.by_arrival.is_empty() {
-            let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
+            let Ok(permit) = self.limit.semaphore.clone().try_acquire_owned() else {
                 return;
             };
             let Some(next) = waiters.next_served(now, self.max_defer) else {
@@ -226,11 +226,11 @@ mod tests {
         let permit = free.granted().expect("passed on to the free waiter");
         drop(free);
         assert_eq!(budget.waiting.load(Ordering::SeqCst), 0);
-        assert_eq!(budget.semaphore.available_permits(), 0);
+        assert_eq!(budget.limit.semaphore.available_permits(), 0);
         // Nobody waits: the permit goes back to the semaphore.
         drop(permit);
         budget.returned();
-        assert_eq!(budget.semaphore.available_permits(), 1);
+        assert_eq!(budget.limit.semaphore.available_permits(), 1);
         let mut waiters = budget.waiters();
         assert!(waiters.by_rank.is_empty() && waiters.by_arrival.is_empty());
         assert!(waiters

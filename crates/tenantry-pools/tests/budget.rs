@@ -171,3 +171,48 @@ async fn under_pressure_the_rarely_used_tenant_makes_room_not_the_busy_one() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A pool lowered while it held fewer connections than its old size lends no more than
+/// its new size: no connection past it is opened (to be closed again on its return).
+/// Then lowered while its connections are in use, it closes the ones over its new size
+/// as they come back, and keeps the rest.
+#[tokio::test]
+async fn a_lowered_pool_size_holds_whatever_the_pool_held_before() {
+    let pg = TestCluster::start();
+    let mut t = numbered(&pg, "s", 1).await.remove(0);
+    t.max_size = 4;
+    let pools = Pools::new(config(), 10);
+
+    // Used once at its full size (4), then lowered to 1 (four replicas) with one idle
+    // connection in it.
+    drop(pools.get(&t).await.unwrap());
+    pools.set_replicas(4);
+    let held = pools.get(&t).await.unwrap();
+    assert!(
+        matches!(pools.get(&t).await, Err(PoolError::Busy)),
+        "a second connection past the lowered size"
+    );
+    assert_eq!((pools.usage()[0].open, backends(&pg).await), (1, 1));
+    drop(held);
+
+    // Raised to 4 (one replica): four lent at once; lowered to 2 while they are out.
+    pools.set_replicas(1);
+    let mut out = Vec::new();
+    for _ in 0..4 {
+        out.push(pools.get(&t).await.unwrap());
+    }
+    assert_eq!(pools.usage()[0].open, 4);
+    pools.set_replicas(2);
+    drop(out);
+    settle_open(&pools, 2).await;
+    assert_eq!(backends(&pg).await, 2, "the two over the size closed");
+    let a = pools.get(&t).await.unwrap();
+    let b = pools.get(&t).await.unwrap();
+    assert!(matches!(pools.get(&t).await, Err(PoolError::Busy)));
+    drop((a, b));
+    assert_eq!(pools.usage()[0].opened, 4, "the kept ones were reused");
+}
+
+async fn settle_open(pools: &Pools, open: usize) {
+    support::settle(pools, "open connections", |u| u.open == open).await;
+}

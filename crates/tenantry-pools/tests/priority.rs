@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tenantry_pools::{Object, PoolConfig, Pools, Target};
+use tenantry_pools::{Lease, PoolConfig, Pools, Target};
 use tenantry_testkit::TestCluster;
 
 mod support;
@@ -36,9 +36,9 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// Runs a query on the connection and closes it: its permit comes back (to the next
 /// waiter) as soon as the server has closed it.
-async fn use_and_close(conn: Object) {
+async fn use_and_close(conn: Lease) {
     conn.query_one("SELECT 1", &[]).await.unwrap();
-    drop(Object::take(conn));
+    conn.close();
 }
 
 /// A request for `target` in a task: once it has its connection, it writes `name` to
@@ -70,14 +70,14 @@ async fn served_order(max_defer: Duration) -> Vec<String> {
     )
     .await;
     let pools = pools(Duration::from_secs(20), max_defer);
-    let held: Object = pools.get(&t[0]).await.unwrap();
+    let held: Lease = pools.get(&t[0]).await.unwrap();
     let log = Log::default();
     let mut queued = Vec::new();
     for (n, target) in t[1..].iter().enumerate() {
         queued.push(request(&pools, target, &target.user, &log));
         settle(&pools, "queued in arrival order", |u| u.waiting == n + 1).await;
     }
-    drop(Object::take(held));
+    held.close();
     for q in queued {
         assert!(q.await.unwrap(), "every waiter is served");
     }
@@ -187,7 +187,7 @@ async fn a_cancelled_enterprise_waiter_does_not_hold_up_the_others() {
     settle(&pools, "enterprise waits", |u| u.waiting == 2).await;
     enterprise.abort();
     settle(&pools, "enterprise gone", |u| u.waiting == 1).await;
-    drop(Object::take(held));
+    held.close();
     assert!(free.await.unwrap(), "the free request is served");
     assert!(enterprise.await.unwrap_err().is_cancelled());
     assert_eq!(*log.lock().unwrap(), ["free"]);

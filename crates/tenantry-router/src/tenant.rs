@@ -8,7 +8,7 @@ use actix_web::web;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tenantry_pools::{Object, PoolError, Target};
+use tenantry_pools::{Lease, PoolError, Target};
 use tenantry_types::TenantState;
 use uuid::Uuid;
 
@@ -148,7 +148,7 @@ impl TenantCtx {
     }
 
     /// A connection to the tenant's own database, as the tenant's own role.
-    pub async fn conn(&self) -> Result<Object, ApiError> {
+    pub async fn conn(&self) -> Result<Lease, ApiError> {
         let r = &self.route;
         let target = Target {
             tenant: r.tenant,

@@ -162,7 +162,7 @@ fn json_size(v: &Value) -> usize {
 type Rows = (Vec<String>, Vec<Value>, bool);
 
 async fn execute(
-    conn: &mut tenantry_pools::Object,
+    conn: &mut tenantry_pools::Lease,
     ctx: &TenantCtx,
     req: &Request,
     limits: SqlLimits,
