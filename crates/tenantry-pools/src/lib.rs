@@ -1,7 +1,9 @@
 //! Tenant connection pools.
 //!
-//! * One deadpool pool per tenant, made on first use, sized by its plan (split among the
-//!   live router replicas: [`Pools::plan_share`]), connecting as the tenant's own role;
+//! * One deadpool pool per tenant, made on first use at its plan's size, connecting as
+//!   the tenant's own role; what this replica may lend of it at once (its plan share
+//!   among the live replicas, [`Pools::plan_share`], and its fair share of the server's
+//!   budget) is a limit of its own that each [`Lease`] holds a permit of ([`lease`]);
 //!   statements prepared once per connection. A connection that may carry session
 //!   state ([`Conn::mark_dirty`]) is cleaned (`RESET ALL`, `DISCARD TEMP`, …) before its
 //!   next use, so no session state passes from one request to the next.
