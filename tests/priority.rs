@@ -41,10 +41,10 @@ async fn a_contended_budget_serves_enterprise_then_pro_then_free_over_http() {
     ] {
         d.json(&["tenant", "create", slug, "--plan", plan], 0);
     }
-    // The router takes max_connections / (live + 1) = 2 / 2: one connection.
+    // A lone router leases the whole budget: one connection.
     d.catalog()
         .await
-        .execute("UPDATE servers SET max_connections = 2", &[])
+        .execute("UPDATE servers SET max_connections = 1", &[])
         .await
         .unwrap();
     let r = d

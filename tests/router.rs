@@ -8,7 +8,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::routers::budget;
 use support::{token, Deployment};
-use tenantry_provision::CreateTenant;
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
@@ -846,20 +845,8 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
         .execute("UPDATE servers SET max_connections = 24", &[])
         .await
         .unwrap();
-    let p = d.provisioner().await;
     let tenants = 500;
-    p.create_many(
-        (0..tenants)
-            .map(|i| CreateTenant {
-                slug: format!("load-{i}"),
-                plan: Some("enterprise".into()),
-                ..Default::default()
-            })
-            .collect(),
-        4,
-    )
-    .await
-    .unwrap();
+    d.enterprise_tenants(tenants).await;
     let fast = [
         ("TENANTRY__ROUTER__IDLE_TIMEOUT_S", "1"),
         ("TENANTRY__ROUTER__POOL_WAIT_MS", "3000"),
@@ -931,7 +918,7 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
         served += w.await.unwrap();
     }
     let peak = sampler.await.unwrap();
-    // Each router's share is a third of 24 (two live replicas and one spare share).
+    // Each router's lease is half of 24 (two live replicas).
     for base in &bases {
         let m = http
             .get(format!("{base}/metrics"))
@@ -942,7 +929,7 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
             .await
             .unwrap();
         assert!(
-            m.contains("tenantry_server_connections{kind=\"budget\",server=\"1\"} 8"),
+            m.contains("tenantry_server_connections{kind=\"budget\",server=\"1\"} 12"),
             "{m}"
         );
     }
@@ -1007,12 +994,14 @@ async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
         .unwrap();
     let beat = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
     let one = d.serve(&beat).await;
-    // Alone: 60 / (1 live + 1 spare share).
-    wait_for_budget(&one.base, 30, Duration::from_secs(5)).await;
+    // Alone: the whole budget.
+    wait_for_budget(&one.base, 60, Duration::from_secs(5)).await;
+    // A joiner is given half, at once (not a heartbeat later): the other hands it back.
     let two = d.serve(&beat).await;
-    wait_for_budget(&one.base, 20, Duration::from_secs(5)).await;
-    wait_for_budget(&two.base, 20, Duration::from_secs(5)).await;
-    // Killed: no goodbye; its heartbeat goes stale (3 beats) and the living re-split.
+    wait_for_budget(&one.base, 30, Duration::from_secs(5)).await;
+    wait_for_budget(&two.base, 30, Duration::from_secs(5)).await;
+    // Killed: no goodbye; its heartbeat goes stale (3 beats), its lease goes with its
+    // row, and the living take it up.
     two.process.signal("KILL");
-    wait_for_budget(&one.base, 30, Duration::from_secs(8)).await;
+    wait_for_budget(&one.base, 60, Duration::from_secs(8)).await;
 }

@@ -385,6 +385,25 @@ impl Deployment {
         Router { process, base }
     }
 
+    /// Enterprise tenants `load-0` … `load-{n-1}`, made through the library (`tenant
+    /// create` per tenant would take a process each).
+    pub async fn enterprise_tenants(&self, n: usize) {
+        self.provisioner()
+            .await
+            .create_many(
+                (0..n)
+                    .map(|i| tenantry_provision::CreateTenant {
+                        slug: format!("load-{i}"),
+                        plan: Some("enterprise".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                4,
+            )
+            .await
+            .unwrap();
+    }
+
     /// A provisioner over this deployment's catalog, with the test master key.
     pub async fn provisioner(&self) -> tenantry_provision::Provisioner {
         let url = secrecy::SecretString::from(self.catalog_url.clone());

@@ -35,18 +35,18 @@ pub async fn budget(base: &str) -> Option<i64> {
         .ok()
 }
 
-/// The server's `max_connections` is set to 60, and each router gives it
-/// `60 / (live + 1)`: a budget of 20 says the router's last heartbeat counted 2 live
-/// replicas (the same beat sets the count that splits pools and rates).
+/// The server's `max_connections` is set to 60, and each router leases `60 / live` of
+/// it: a budget of 30 says the router's last heartbeat counted 2 live replicas (the
+/// same beat sets the count that splits pools and rates).
 pub async fn wait_until_both_see_two(routers: [&Router; 2]) {
     for r in routers {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let now = budget(&r.base).await;
-            if now == Some(20) {
+            if now == Some(30) {
                 break;
             }
-            assert!(Instant::now() < deadline, "budget {now:?}, expected 20");
+            assert!(Instant::now() < deadline, "budget {now:?}, expected 30");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -92,6 +92,13 @@ impl Budget {
         }
     }
 
+    /// Connections holding a permit that are not on their way out (evicted, not closed).
+    pub(crate) fn held(&self) -> usize {
+        self.open
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.evicting.load(Ordering::SeqCst))
+    }
+
     pub(crate) fn set_limit(&self, new: usize) {
         if self.limit.set(new) {
             self.returned();

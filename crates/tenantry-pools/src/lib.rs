@@ -148,6 +148,8 @@ struct Inner {
     default_budget: usize,
     /// Live router replicas (at least 1), each holding pools of the same tenants.
     replicas: AtomicUsize,
+    /// Woken when a budget is made at the default (see [`Pools::budget_wanted`]).
+    budget_wanted: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -253,13 +255,38 @@ impl Pools {
                 budgets: DashMap::new(),
                 default_budget,
                 replicas: AtomicUsize::new(1),
+                budget_wanted: tokio::sync::Notify::new(),
             }),
         }
     }
 
     /// Sets how many connections this process may hold to `server`, across all tenants.
+    /// Lowered, idle connections over it close at once (connections in use, as they come
+    /// back): [`Pools::held`] falls to the new limit as soon as the requests in flight end.
     pub fn set_budget(&self, server: i64, limit: usize) {
-        self.budget(server).set_limit(limit);
+        let budget = self.budget(server);
+        budget.set_limit(limit);
+        while budget.held() > limit && self.inner.evict_one_idle(server, Uuid::nil()) {}
+    }
+
+    /// This process's budget on `server`, if it has one yet.
+    pub fn budget_limit(&self, server: i64) -> Option<usize> {
+        self.inner.budgets.get(&server).map(|b| b.limit.get())
+    }
+
+    /// Resolves once a request needed a server this process has no budget for yet (its
+    /// budget starts at the default until the next heartbeat sets it).
+    pub async fn budget_wanted(&self) {
+        self.inner.budget_wanted.notified().await
+    }
+
+    /// Connections to `server` that still hold a permit of its budget: open, or closing
+    /// and not yet closed by the server.
+    pub fn held(&self, server: i64) -> usize {
+        self.inner
+            .budgets
+            .get(&server)
+            .map_or(0, |b| b.open.load(Ordering::SeqCst))
     }
 
     /// Says how many router replicas live (each with its own `Pools`): a tenant's plan
@@ -296,6 +323,7 @@ impl Pools {
             .budgets
             .entry(server)
             .or_insert_with(|| {
+                self.inner.budget_wanted.notify_one();
                 Arc::new(Budget::new(
                     self.inner.default_budget,
                     self.inner.config.priority_max_defer,

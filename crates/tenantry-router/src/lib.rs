@@ -86,6 +86,7 @@ pub struct Background {
     flusher: tokio::task::JoinHandle<()>,
     stop_flusher: tokio::sync::watch::Sender<bool>,
     catalog: Catalog,
+    pools: Pools,
     replica: Uuid,
 }
 
@@ -99,7 +100,7 @@ impl Background {
         if let Err(e) = self.flusher.await {
             tracing::error!(error = %e, "the usage flusher failed");
         }
-        replicas::deregister(&self.catalog, self.replica).await;
+        replicas::deregister(&self.catalog, &self.pools, self.replica).await;
     }
 }
 
@@ -151,12 +152,14 @@ impl AppState {
                     settings.provision.idle_in_transaction_timeout_ms
                 ),
             },
-            10,
+            // Nothing on a server until this replica holds a lease on its budget.
+            0,
         );
         let replica = Uuid::now_v7();
         let every = Duration::from_secs(r.heartbeat_s);
         // Budgets are known before the first request.
-        replicas::beat(&catalog, &pools, replica, every).await?;
+        replicas::beat(&catalog, &pools, replica, every, true).await?;
+        let budget_called = Arc::new(tokio::sync::Notify::new());
         let limits = Arc::new(tenant::RateLimits::default());
         let probe = Arc::new(health::Probe::new());
         probe.refresh(&catalog).await;
@@ -169,11 +172,17 @@ impl AppState {
         );
         let business = Arc::new(business::Business::default());
         let tasks = vec![
-            resolver.spawn_listener(catalog_url),
+            resolver.spawn_listener(catalog_url, budget_called.clone()),
             probe.spawn(catalog.clone(), Duration::from_secs(1)),
             business.spawn(catalog.clone(), Duration::from_secs(r.business_refresh_s)),
             pools.spawn_reaper(Duration::from_secs(1)),
-            replicas::spawn(catalog.clone(), pools.clone(), replica, every),
+            replicas::spawn(
+                catalog.clone(),
+                pools.clone(),
+                replica,
+                every,
+                budget_called,
+            ),
             {
                 let limits = limits.clone();
                 tokio::spawn(async move {
@@ -204,6 +213,7 @@ impl AppState {
                 max_result_bytes: r.sql_max_result_bytes,
             },
         };
+        let background_pools = state.pools.clone();
         Ok((
             state,
             Background {
@@ -211,6 +221,7 @@ impl AppState {
                 flusher,
                 stop_flusher,
                 catalog,
+                pools: background_pools,
                 replica,
             },
         ))

@@ -203,13 +203,19 @@ impl Resolver {
     /// once listening again), and everything cached is dropped once it listens again
     /// (until then, cached routes keep serving within their TTL). (A changed tenant's pool is replaced when its
     /// next request brings a route of a newer generation.)
-    pub fn spawn_listener(self: &Arc<Self>, url: SecretString) -> tokio::task::JoinHandle<()> {
+    /// The same connection listens on [`crate::replicas::BUDGET_CHANNEL`] and wakes
+    /// `budget_called` for each call.
+    pub fn spawn_listener(
+        self: &Arc<Self>,
+        url: SecretString,
+        budget_called: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
         let resolver = Arc::clone(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let mut listened = false;
-                let e = listen(&resolver, &url, &mut listened).await;
+                let e = listen(&resolver, &url, &budget_called, &mut listened).await;
                 tracing::warn!(error = %e, "tenant change listener lost the catalog; reconnecting");
                 if listened {
                     backoff = Duration::from_millis(100);
@@ -222,7 +228,12 @@ impl Resolver {
 }
 
 /// Listens until the connection ends; returns why. `listened` is set once LISTEN took.
-async fn listen(resolver: &Resolver, url: &SecretString, listened: &mut bool) -> String {
+async fn listen(
+    resolver: &Resolver,
+    url: &SecretString,
+    budget_called: &tokio::sync::Notify,
+    listened: &mut bool,
+) -> String {
     use secrecy::ExposeSecret;
     let Ok(mut config) = url.expose_secret().parse::<tokio_postgres::Config>() else {
         return "bad catalog URL".to_owned();
@@ -238,7 +249,8 @@ async fn listen(resolver: &Resolver, url: &SecretString, listened: &mut bool) ->
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
+                    let budget = n.channel() == crate::replicas::BUDGET_CHANNEL;
+                    if tx.send((budget, n.payload().to_owned())).is_err() {
                         return;
                     }
                 }
@@ -247,15 +259,25 @@ async fn listen(resolver: &Resolver, url: &SecretString, listened: &mut bool) ->
             }
         }
     });
-    if let Err(e) = client.batch_execute("LISTEN tenantry_tenants").await {
+    let sql = format!(
+        "LISTEN tenantry_tenants; LISTEN {}",
+        crate::replicas::BUDGET_CHANNEL
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
         driver.abort();
         return e.to_string();
     }
     *listened = true;
     // Anything may have changed while we were not listening.
     resolver.invalidate_all();
-    while let Some(slug) = rx.recv().await {
-        resolver.invalidate(&slug);
+    // And the budgets may have been re-split.
+    budget_called.notify_one();
+    while let Some((budget, payload)) = rx.recv().await {
+        if budget {
+            budget_called.notify_one();
+        } else {
+            resolver.invalidate(&payload);
+        }
     }
     driver.abort();
     "the catalog connection closed".into()
