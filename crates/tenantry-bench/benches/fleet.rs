@@ -188,6 +188,7 @@ async fn run() -> Report {
             name: "psql loop time / tenantry time".into(),
             value: loop_wall.as_secs_f64() / runner_wall.as_secs_f64(),
             meaning: "goal ≥ 3".into(),
+            ..Default::default()
         }],
     }
 }

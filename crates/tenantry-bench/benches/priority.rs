@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
-use tenantry_bench::{Deployment, Ratio, Report, Summary};
+use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_pools::{PoolConfig, Pools, Target};
 use tenantry_provision::CreateTenant;
 use tenantry_testkit::TestCluster;
@@ -107,17 +107,6 @@ struct Figures {
     samples: Vec<Duration>,
     p50: Vec<f64>,
     p99: Vec<f64>,
-}
-
-/// The median and range of `values`, as `median [min–max]`.
-fn spread(values: &mut [f64]) -> String {
-    values.sort_by(f64::total_cmp);
-    format!(
-        "{:.1} [{:.1}–{:.1}]",
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1]
-    )
 }
 
 async fn run() -> Report {
@@ -231,6 +220,7 @@ async fn run() -> Report {
                 _ => "below 1: served ahead of lower plans",
             }
             .into(),
+            ..Default::default()
         })
         .collect();
     Report {

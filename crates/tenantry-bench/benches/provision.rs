@@ -326,21 +326,25 @@ async fn run_on(pg: &TestCluster, label: &str) -> (Vec<Summary>, Vec<Ratio>, Str
             name: format!("replay p50 / clone p50, tasks [{label}]"),
             value: replay.p50_ms / clone_wal.p50_ms,
             meaning: "how much faster a clone is than replaying migrations".into(),
+            ..Default::default()
         },
         Ratio {
             name: format!("replay p50 / clone p50, 30 migr. [{label}]"),
             value: wide_replay.p50_ms / wide_clone.p50_ms,
             meaning: "the same for a larger schema".into(),
+            ..Default::default()
         },
         Ratio {
             name: format!("FILE_COPY p50 / WAL_LOG p50 [{label}]"),
             value: clone_file.p50_ms / clone_wal.p50_ms,
             meaning: "above 1: WAL_LOG clones faster".into(),
+            ..Default::default()
         },
         Ratio {
             name: format!("4 creators / 1 creator, per s [{label}]"),
             value: scenarios[1].per_second / scenarios[0].per_second,
             meaning: "how well creation scales with concurrency".into(),
+            ..Default::default()
         },
     ];
     scenarios.extend([

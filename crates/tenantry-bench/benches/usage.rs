@@ -100,6 +100,7 @@ async fn run() -> Report {
             name: "one at a time / fan-out".into(),
             value: one.as_secs_f64() / fanned.as_secs_f64(),
             meaning: "the fan-out's gain".into(),
+            ..Default::default()
         }],
     }
 }

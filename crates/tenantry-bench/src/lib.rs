@@ -48,12 +48,48 @@ impl Summary {
     }
 }
 
-/// A ratio between two scenarios of the same run.
-#[derive(Debug, Clone, Serialize)]
+/// A ratio between two scenarios of the same run: one value, or the median of rounds
+/// with their range.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Ratio {
     pub name: String,
     pub value: f64,
     pub meaning: String,
+    /// The lowest and highest round, when `value` is a median of rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(f64, f64)>,
+    /// Each round's value, in the order they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
+}
+
+impl Ratio {
+    /// The median of `rounds` (the upper one of an even count), with their range.
+    pub fn of_rounds(name: impl Into<String>, rounds: &[f64], meaning: impl Into<String>) -> Self {
+        let mut sorted = rounds.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Self {
+            name: name.into(),
+            value: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+            meaning: meaning.into(),
+            range: sorted.first().zip(sorted.last()).map(|(a, b)| (*a, *b)),
+            rounds: rounds.to_vec(),
+        }
+    }
+}
+
+/// The median and range of `values`, as `median [min–max]` with one decimal.
+pub fn spread(values: &mut [f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    values.sort_by(f64::total_cmp);
+    format!(
+        "{:.1} [{:.1}–{:.1}]",
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1]
+    )
 }
 
 /// What a benchmark found, printed and written to `target/bench/<name>.json`.
@@ -84,7 +120,11 @@ impl Report {
         if !self.ratios.is_empty() {
             println!();
             for r in &self.ratios {
-                println!("  {:<44} {:>6.2}x  {}", r.name, r.value, r.meaning);
+                let range = r
+                    .range
+                    .map(|(lo, hi)| format!(" [{lo:.2}–{hi:.2}]"))
+                    .unwrap_or_default();
+                println!("  {:<44} {:>6.2}x{range}  {}", r.name, r.value, r.meaning);
             }
         }
         let dir = target_dir().join("bench");
