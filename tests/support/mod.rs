@@ -212,6 +212,13 @@ impl Deployment {
         let pg = tenantry_testkit::TestCluster::start();
         pg.create_database("catalog").await;
         let catalog_url = pg.url("catalog");
+        Self::with(pg, catalog_url).await
+    }
+
+    /// A catalog at `catalog_url` (migrated here) and `pg` registered as server `s1`.
+    /// [`Deployment::catalog`] assumes the catalog is on `pg`; with one elsewhere,
+    /// connect to it directly.
+    pub async fn with(pg: tenantry_testkit::TestCluster, catalog_url: String) -> Self {
         let d = Self {
             pg,
             home: tempfile::tempdir().unwrap(),

@@ -594,14 +594,39 @@ fn decode_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|b: Vec<u8>| format!("must decode to exactly 32 bytes, not {}", b.len()))
 }
 
+/// A `postgres://` URL as libpq takes it: `postgres://user:password@host[:port][,host[:port]…]/db?…`
+/// (several hosts for a primary and its standbys, with `target_session_attrs=read-write`).
 fn check_postgres_url(text: &str) -> Result<(), String> {
     // Never echo the URL: it holds a password.
-    let url = url::Url::parse(text).map_err(|e| format!("is not a URL ({e})"))?;
-    if !matches!(url.scheme(), "postgres" | "postgresql") {
-        return Err("must start with postgres:// or postgresql://".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
+    let rest = text
+        .strip_prefix("postgres://")
+        .or_else(|| text.strip_prefix("postgresql://"))
+        .ok_or("must start with postgres:// or postgresql://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hosts.is_empty() {
         return Err("has no host".into());
+    }
+    for host in hosts.split(',') {
+        let (name, port) = match host.strip_prefix('[') {
+            // [IPv6]:port
+            Some(v6) => {
+                let (name, after) = v6.split_once(']').ok_or("has an unclosed [ in a host")?;
+                (name, after.strip_prefix(':'))
+            }
+            None => match host.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if name.is_empty() {
+            return Err("has an empty host".into());
+        }
+        if let Some(port) = port {
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err("has a port that is not a number from 1 to 65535".into());
+            }
+        }
     }
     Ok(())
 }

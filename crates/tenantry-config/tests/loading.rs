@@ -135,6 +135,21 @@ fn invalid_values_name_their_key() {
     for (var, value, key) in [
         ("TENANTRY__CATALOG__URL", "mysql://x@y/z", "catalog.url"),
         ("TENANTRY__CATALOG__URL", "not a url", "catalog.url"),
+        (
+            "TENANTRY__CATALOG__URL",
+            "postgres://u:p@/cat",
+            "catalog.url",
+        ),
+        (
+            "TENANTRY__CATALOG__URL",
+            "postgres://u:p@a:1,:2/cat",
+            "catalog.url",
+        ),
+        (
+            "TENANTRY__CATALOG__URL",
+            "postgres://u:p@a:99999/cat",
+            "catalog.url",
+        ),
         ("TENANTRY__AUTH__HS256_SECRET", "short", "auth.hs256_secret"),
         (
             "TENANTRY__SECRETS__MASTER_KEY",
@@ -252,4 +267,20 @@ fn the_admin_trust_root_is_its_own() {
     ))
     .unwrap_err();
     assert_eq!(invalid_key(e), "auth.admin.hs256_secret");
+}
+
+#[test]
+fn a_catalog_url_may_name_a_primary_and_its_standbys() {
+    let key = ("TENANTRY__SECRETS__MASTER_KEY", PROD_KEY);
+    let secret = ("TENANTRY__AUTH__HS256_SECRET", PROD_SECRET);
+    for url in [
+        "postgres://u:p@db1:5432,db2:5433/cat?target_session_attrs=read-write",
+        "postgresql://u@db1,db2,[::1]:6432/cat",
+    ] {
+        let url = ("TENANTRY__CATALOG__URL", url);
+        assert!(
+            load(&opts("production", &[url, key, secret])).is_ok(),
+            "{url:?}"
+        );
+    }
 }

@@ -66,9 +66,9 @@ impl ClusterOptions {
 
 /// What `cluster.json` remembers between runs.
 #[derive(Debug, Serialize, Deserialize)]
-struct Description {
-    port: u16,
-    superuser: String,
+pub(crate) struct Description {
+    pub(crate) port: u16,
+    pub(crate) superuser: String,
 }
 
 /// A PostgreSQL cluster in a folder of its own, started and stopped by this process.
@@ -200,6 +200,12 @@ impl Cluster {
     /// waits for it to exit.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
         self.shutdown(Signal::SIGINT)
+    }
+
+    /// Stops the server as a crash would (an immediate shutdown: no checkpoint, every
+    /// session cut), for failover tests.
+    pub fn crash(&mut self) -> Result<(), ClusterError> {
+        self.shutdown(Signal::SIGQUIT)
     }
 
     fn shutdown(&mut self, signal: Signal) -> Result<(), ClusterError> {
@@ -451,7 +457,7 @@ fn port_is_free(port: u16) -> bool {
 }
 
 /// When root, the user the server runs as: `postgres`, else `nobody`.
-fn unprivileged_user() -> Result<Option<(Uid, Gid)>, ClusterError> {
+pub(crate) fn unprivileged_user() -> Result<Option<(Uid, Gid)>, ClusterError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -610,7 +616,7 @@ fn read_description(root: &Path) -> Result<Description, ClusterError> {
     })
 }
 
-fn write_description(root: &Path, d: &Description) -> Result<(), ClusterError> {
+pub(crate) fn write_description(root: &Path, d: &Description) -> Result<(), ClusterError> {
     let path = root.join("cluster.json");
     let tmp = root.join("cluster.json.tmp");
     let text = serde_json::to_string_pretty(d).map_err(|e| ClusterError::BadState {
@@ -621,7 +627,7 @@ fn write_description(root: &Path, d: &Description) -> Result<(), ClusterError> {
     fs::rename(&tmp, &path).context(|| format!("write {}", path.display()))
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), ClusterError> {
     let mut file = fs::OpenOptions::new()
         .create(true)
         .write(true)

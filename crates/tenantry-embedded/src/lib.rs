@@ -16,6 +16,7 @@
 mod binaries;
 mod cluster;
 mod error;
+mod standby;
 
 pub use binaries::PgBinaries;
 pub use cluster::{free_port, Cluster, ClusterOptions, Durability, OnExit};

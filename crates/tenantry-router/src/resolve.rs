@@ -221,11 +221,16 @@ impl Resolver {
                     backoff = Duration::from_millis(100);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }
 }
+
+/// The longest pause between two attempts to listen again: after a catalog failover,
+/// tenant changes reach this router again at most this long after the new primary
+/// takes connections (and everything cached is dropped then).
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Listens until the connection ends; returns why. `listened` is set once LISTEN took.
 async fn listen(

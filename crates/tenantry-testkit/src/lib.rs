@@ -106,6 +106,43 @@ impl TestCluster {
         let _ = self.cluster.stop();
     }
 
+    /// Stops the server as a crash would (an immediate shutdown), keeping the folder.
+    pub fn crash_server(&mut self) {
+        let _ = self.cluster.crash();
+    }
+
+    /// A streaming standby of this cluster (PostgreSQL's physical replication), started
+    /// on a port of its own and removed like any test cluster.
+    pub fn standby(&self) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tenantry-pg-standby-")
+            .tempdir_in(scratch_dir(Durability::Throwaway))
+            .expect("a folder for the standby")
+            .keep();
+        let mut opts = ClusterOptions::new(&dir);
+        opts.durability = Durability::Throwaway;
+        opts.on_exit = OnExit::StopAndRemove;
+        let mut cluster = self
+            .cluster
+            .standby(opts)
+            .unwrap_or_else(|e| panic!("cannot make a standby: {e}"));
+        cluster
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start the standby: {e}"));
+        TestCluster { cluster }
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub async fn promote(&self) {
+        let client = self.connect("postgres").await;
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .unwrap_or_else(|e| panic!("promote: {e}"))
+            .get(0);
+        assert!(promoted, "the standby was not promoted within 60 s");
+    }
+
     /// Starts the server again after [`TestCluster::stop_server`], on the same port when it is free.
     pub fn restart_server(&mut self) {
         self.cluster

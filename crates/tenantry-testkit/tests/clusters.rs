@@ -144,3 +144,69 @@ async fn a_stopped_server_restarts_with_its_data() {
     pg.restart_server();
     pg.connect("keepme").await;
 }
+
+/// A standby follows its primary through PostgreSQL's streaming replication, and once
+/// promoted after the primary crashed, takes writes with everything committed before.
+#[tokio::test]
+async fn a_standby_follows_and_takes_over_when_promoted() {
+    let mut primary = TestCluster::start();
+    let p = primary.connect("postgres").await;
+    p.batch_execute("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let standby = standby_caught_up(&primary, &p).await;
+    let s = standby.connect("postgres").await;
+    let in_recovery: bool = s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    assert!(
+        s.batch_execute("INSERT INTO t VALUES (2)").await.is_err(),
+        "read-only"
+    );
+    p.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    wait_for_rows(&s, 2).await;
+    drop(p);
+    primary.crash_server();
+    standby.promote().await;
+    s.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+    wait_for_rows(&s, 3).await;
+}
+
+async fn standby_caught_up(primary: &TestCluster, p: &tokio_postgres::Client) -> TestCluster {
+    let standby = primary.standby();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let streaming: i64 = p
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if streaming == 1 {
+            return standby;
+        }
+        assert!(std::time::Instant::now() < deadline, "never streaming");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_rows(c: &tokio_postgres::Client, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rows: i64 = c
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if rows == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows} rows, not {n}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
