@@ -36,13 +36,23 @@ async fn status(http: &reqwest::Client, url: &str, auth: &str) -> Option<StatusC
         .map(|r| r.status())
 }
 
-#[tokio::test]
-async fn routers_and_the_cli_ride_out_a_catalog_failover() {
-    // The catalog on a primary with a streaming standby; tenants on a server of their own.
-    let mut primary = TestCluster::start();
+/// The catalog on a primary with a synchronous streaming standby (a commit is
+/// acknowledged once the standby has it: a failover loses none), named together in the
+/// catalog URL; tenants on a server of their own (`d.pg`).
+async fn catalog_with_standby() -> (TestCluster, TestCluster, Deployment) {
+    let primary = TestCluster::start();
     primary.create_database("catalog").await;
     let standby = primary.standby();
-    let servers = TestCluster::start();
+    // The test kit's clusters turn synchronous_commit off for speed: the catalog's
+    // sessions turn it back on, and wait for the standby.
+    let admin = primary.connect("postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "SELECT pg_reload_conf()",
+        "ALTER DATABASE catalog SET synchronous_commit = 'on'",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
     let password = secrecy::ExposeSecret::expose_secret(primary.password()).to_owned();
     let catalog_url = format!(
         "postgres://{}:{password}@127.0.0.1:{},127.0.0.1:{}/catalog?target_session_attrs=read-write",
@@ -50,7 +60,13 @@ async fn routers_and_the_cli_ride_out_a_catalog_failover() {
         primary.port(),
         standby.port()
     );
-    let d = Deployment::with(servers, catalog_url).await;
+    let d = Deployment::with(TestCluster::start(), catalog_url).await;
+    (primary, standby, d)
+}
+
+#[tokio::test]
+async fn routers_and_the_cli_ride_out_a_catalog_failover() {
+    let (mut primary, standby, d) = catalog_with_standby().await;
     for slug in ["warm-0", "warm-1", "warm-2", "cold-0", "later"] {
         d.json(&["tenant", "create", slug, "--plan", "enterprise"], 0);
     }
@@ -157,4 +173,99 @@ async fn routers_and_the_cli_ride_out_a_catalog_failover() {
         "warm tenants saw errors during the failover: {failures:?}"
     );
     assert!(served.load(Ordering::SeqCst) > 30);
+}
+
+/// A migration run cut off by the catalog's failover is finished by running it again:
+/// every tenant ends at the new version once, whatever the lost primary had recorded.
+#[tokio::test]
+async fn a_migration_run_cut_off_by_a_failover_is_finished_by_the_next() {
+    let (mut primary, standby, d) = catalog_with_standby().await;
+    let tenants = 24;
+    d.provisioner()
+        .await
+        .create_many(
+            (0..tenants)
+                .map(|i| tenantry_provision::CreateTenant {
+                    slug: format!("m{i:02}"),
+                    ..Default::default()
+                })
+                .collect(),
+            4,
+        )
+        .await
+        .unwrap();
+    let templates = d.home.path().join("templates");
+    std::fs::create_dir_all(templates.join("tasks")).unwrap();
+    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            templates.join("tasks").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        templates.join("tasks/V2__slow_tags.sql"),
+        "SELECT pg_sleep(0.1); ALTER TABLE tasks ADD COLUMN tags text[];",
+    )
+    .unwrap();
+    let run = support::Running::spawn(d.cmd(&[
+        "--templates",
+        templates.to_str().unwrap(),
+        "migrate",
+        "run",
+        "--concurrency",
+        "2",
+    ]));
+    let catalog = primary.connect("catalog").await;
+    until(
+        "the run makes progress",
+        Duration::from_secs(60),
+        || async {
+            let done: i64 = catalog
+                .query_one("SELECT count(*) FROM tenants WHERE schema_version = 2", &[])
+                .await
+                .unwrap()
+                .get(0);
+            done >= 4
+        },
+    )
+    .await;
+    drop(catalog);
+    primary.crash_server();
+    let (status, _, _) = run.wait(Duration::from_secs(60));
+    assert!(!status.success(), "a run that lost its catalog says so");
+    standby.promote().await;
+
+    let rerun = d.json(
+        &["--templates", templates.to_str().unwrap(), "migrate", "run"],
+        0,
+    );
+    assert_eq!(rerun["summary"]["failed"], 0, "{}", rerun["summary"]);
+    let catalog = standby.connect("catalog").await;
+    let rows = catalog
+        .query(
+            "SELECT slug, schema_version, database_name FROM tenants ORDER BY slug",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), tenants);
+    for row in rows {
+        let (slug, version, database): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(version, 2, "{slug}");
+        let history: Vec<i32> =
+            d.pg.connect(&database)
+                .await
+                .query(
+                    "SELECT version FROM refinery_schema_history ORDER BY version",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        assert_eq!(history, [1, 2], "{slug}: applied once");
+    }
 }
