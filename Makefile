@@ -1,7 +1,7 @@
 # Tenantry: `make run` starts everything locally, `make test` checks everything.
 CARGO ?= cargo
 
-.PHONY: run test bench fmt lint prerequisites postgres chromium toolchain fuzzer clean
+.PHONY: run test bench soak fmt lint prerequisites postgres chromium toolchain fuzzer clean
 
 ## Start Tenantry on a private PostgreSQL cluster under ./.tenantry (Ctrl-C stops it).
 run: prerequisites
@@ -21,6 +21,12 @@ test: prerequisites
 ## Benchmarks (release build); each prints a table and writes target/bench/<name>.json.
 bench: prerequisites
 	$(CARGO) bench -p tenantry-bench
+
+## The soak (not part of `make test`): SOAK_MINUTES (default 10) of mixed traffic with
+## churn over two routers and two servers; writes target/soak/report.json and chart.svg.
+SOAK_MINUTES ?= 10
+soak: prerequisites
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test --release --locked -p tenantry-cli --test e2e_soak -- --ignored --nocapture
 
 fmt:
 	$(CARGO) fmt --all

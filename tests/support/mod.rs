@@ -1,6 +1,7 @@
 //! Helpers for the black-box tests: run the real `tenantry` binary and talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod routers;
 
 use std::path::Path;
