@@ -178,6 +178,12 @@ async fn load(
     }
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Zipf(s = 1.1) over `n` items: item k is chosen with weight 1/k^s.
 fn zipf(n: usize) -> Arc<dyn Fn(usize) -> usize + Send + Sync> {
     let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(1.1)).collect();
@@ -207,9 +213,11 @@ fn zipf_top_share(n: usize, k: usize) -> f64 {
 
 /// How many new tenant connections (open, authenticate, run the scenario's query, close)
 /// the server completes per second, `parallel` at a time over distinct tenant databases:
-/// what a request that finds no open connection costs.
+/// what a request that finds no open connection costs. Over TCP, or over the server's
+/// Unix socket (`socket`).
 async fn connection_opens(
     pg: &TestCluster,
+    socket: bool,
     targets: Vec<(String, String, String, Uuid)>,
     parallel: usize,
     run_for: Duration,
@@ -220,6 +228,10 @@ async fn connection_opens(
         .map(|w| {
             let targets = targets.clone();
             let port = pg.port();
+            let host = match pg.socket_dir() {
+                Some(dir) if socket => dir.display().to_string(),
+                _ => "127.0.0.1".to_owned(),
+            };
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut i = w;
@@ -229,7 +241,7 @@ async fn connection_opens(
                     let t = Instant::now();
                     let mut config = tokio_postgres::Config::new();
                     config
-                        .host("127.0.0.1")
+                        .host(&host)
                         .port(port)
                         .dbname(database)
                         .user(role)
@@ -378,7 +390,7 @@ async fn baseline(pg: &TestCluster, database: &str) -> (actix_web::dev::ServerHa
 }
 
 async fn run() -> Report {
-    let pg = TestCluster::start();
+    let pg = TestCluster::start_with_unix_socket();
     // A lone router leases the server's whole budget: 100 here, for the 1 and 100
     // tenant scenarios (as many as tenants); 64 for the 1,000-tenant one (set below).
     let Deployment {
@@ -608,6 +620,7 @@ async fn run() -> Report {
         .collect();
     let mut thousand = Run::default();
     let (mut open_samples, mut open_rates) = (Vec::new(), Vec::new());
+    let mut socket_rates = Vec::new();
     let (mut ceiling_ratios, mut miss_ratios) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let z = load(
@@ -619,7 +632,9 @@ async fn run() -> Report {
             &churn,
         )
         .await;
-        let (rate, samples) = connection_opens(&pg, targets.clone(), 8, ROUND).await;
+        let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ROUND).await;
+        let (socket_rate, _) = connection_opens(&pg, true, targets.clone(), 8, ROUND).await;
+        socket_rates.push(socket_rate);
         ceiling_ratios.push(z.per_second() / (rate / miss));
         miss_ratios.push(z.opened as f64 / z.samples.len().max(1) as f64 / miss);
         open_rates.push(rate);
@@ -672,6 +687,12 @@ async fn run() -> Report {
             "a new tenant connection (open, SCRAM, first query, close), 8 at a time: {} per s per round, median [range]; the 1,000-tenant ceiling is that rate / {:.3} (the share of Zipf 1.1 requests outside the 64 most popular tenants)",
             spread(&mut open_rates.clone()),
             miss
+        ),
+        format!(
+            "the same over the server's Unix socket: {} per s per round; ceilings (median): TCP {:.0} req/s, Unix socket {:.0} req/s",
+            spread(&mut socket_rates.clone()),
+            median(&open_rates) / miss,
+            median(&socket_rates) / miss
         ),
         format!(
             "cold first request: p99 per run (of {COLD_PER_RUN} tenants) {}; the median of {COLD_RUNS} runs is the figure",

@@ -49,6 +49,9 @@ pub struct ClusterOptions {
     pub max_connections: u32,
     /// An initialised cluster folder to copy instead of running `initdb` (much faster).
     pub copy_from: Option<PathBuf>,
+    /// Whether the server also listens on a Unix socket, in its data folder
+    /// ([`Cluster::socket_dir`]); only TCP otherwise.
+    pub unix_socket: bool,
 }
 
 impl ClusterOptions {
@@ -60,6 +63,7 @@ impl ClusterOptions {
             on_exit: OnExit::Stop,
             max_connections: 200,
             copy_from: None,
+            unix_socket: false,
         }
     }
 }
@@ -256,6 +260,12 @@ impl Cluster {
         &self.bins
     }
 
+    /// The folder of the server's Unix socket (`.s.PGSQL.<port>`), when it has one: a
+    /// `host` as libpq takes it.
+    pub fn socket_dir(&self) -> Option<PathBuf> {
+        self.opts.unix_socket.then(|| self.opts.root.join("data"))
+    }
+
     /// The running server's process id.
     pub fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().map(Child::id)
@@ -314,7 +324,10 @@ impl Cluster {
         let mut settings = vec![
             format!("listen_addresses={HOST}"),
             format!("port={}", self.port),
-            "unix_socket_directories=".to_owned(),
+            match self.socket_dir() {
+                Some(dir) => format!("unix_socket_directories={}", dir.display()),
+                None => "unix_socket_directories=".to_owned(),
+            },
             format!("max_connections={}", self.opts.max_connections),
             "password_encryption=scram-sha-256".to_owned(),
         ];

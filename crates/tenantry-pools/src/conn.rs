@@ -170,14 +170,13 @@ impl Manager {
     }
 
     async fn connect(&self, reads: &Arc<stream::ReadCap>) -> Result<Opened, ConnError> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        let socket = stream::Socket::connect(&self.host, self.port)
             .await
             .map_err(ConnError::Connect)?;
-        tcp.set_nodelay(true).map_err(ConnError::Connect)?;
         Ok(self
             .config
             .connect_raw(
-                stream::UntilClosed::new(tcp, reads.clone()),
+                stream::UntilClosed::new(socket, reads.clone()),
                 tokio_postgres::NoTls,
             )
             .await?)

@@ -1,4 +1,4 @@
-//! The TCP stream under a tenant connection. Its shutdown lasts until the server has
+//! The socket under a tenant connection (TCP, or a Unix socket for a server on this host). Its shutdown lasts until the server has
 //! closed its side: a backend closes its socket only when it exits, after it has left
 //! `pg_stat_activity` and freed its `max_connections` slot. A connection's budget
 //! permit is released when the shutdown completes, so a permit is free exactly when
@@ -18,7 +18,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
 
 /// How long a shutdown waits for the server to close before giving up (a server that
@@ -71,15 +71,75 @@ impl ReadCap {
     }
 }
 
+/// A connection's socket: TCP, or a Unix socket (`host` a directory, as libpq takes it).
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    /// Connects to `host:port`, or to `{host}/.s.PGSQL.{port}` when `host` is a directory
+    /// (starts with `/`).
+    pub(crate) async fn connect(host: &str, port: u16) -> io::Result<Self> {
+        if host.starts_with('/') {
+            let path = std::path::Path::new(host).join(format!(".s.PGSQL.{port}"));
+            return Ok(Self::Unix(UnixStream::connect(path).await?));
+        }
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Self::Tcp(tcp))
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 pub(crate) struct UntilClosed {
-    inner: TcpStream,
+    inner: Socket,
     /// Set once our side is shut: the deadline for the server's.
     closing: Option<Pin<Box<Sleep>>>,
     cap: Arc<ReadCap>,
 }
 
 impl UntilClosed {
-    pub(crate) fn new(inner: TcpStream, cap: Arc<ReadCap>) -> Self {
+    pub(crate) fn new(inner: Socket, cap: Arc<ReadCap>) -> Self {
         Self {
             inner,
             closing: None,

@@ -44,14 +44,21 @@ impl Provisioner {
                 "--url must look like postgres://user:password@host:port/database".into(),
             )
         })?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => {
-                return Err(ProvisionError::BadInput(
-                    "--url must name a TCP host".into(),
-                ))
-            }
-        };
+        // A TCP host, or the folder of a Unix socket for a server on this host
+        // (`postgres://user:password@/db?host=/var/run/postgresql`).
+        let host =
+            match config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                Some(tokio_postgres::config::Host::Unix(dir))
+                    if dir.is_absolute() && dir.to_str().is_some() =>
+                {
+                    dir.to_string_lossy().into_owned()
+                }
+                _ => return Err(ProvisionError::BadInput(
+                    "--url must name a TCP host, or an absolute Unix socket folder as host=/path"
+                        .into(),
+                )),
+            };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config
             .get_user()

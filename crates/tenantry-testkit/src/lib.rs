@@ -43,7 +43,20 @@ impl TestCluster {
         Self::start_with(Durability::Throwaway)
     }
 
+    /// A cluster that also listens on a Unix socket ([`Cluster::socket_dir`]).
+    pub fn start_with_unix_socket() -> Self {
+        Self::start_opts(Durability::Throwaway, true)
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
+    }
+
     fn start_with(durability: Durability) -> Result<Self, tenantry_embedded::ClusterError> {
+        Self::start_opts(durability, false)
+    }
+
+    fn start_opts(
+        durability: Durability,
+        unix_socket: bool,
+    ) -> Result<Self, tenantry_embedded::ClusterError> {
         let template = template()?;
         let dir = tempfile::Builder::new()
             .prefix("tenantry-pg-")
@@ -58,6 +71,7 @@ impl TestCluster {
         opts.durability = durability;
         opts.on_exit = OnExit::StopAndRemove;
         opts.copy_from = Some(template.to_owned());
+        opts.unix_socket = unix_socket;
         let mut cluster = match Cluster::open(opts) {
             Ok(c) => c,
             Err(e) => {
