@@ -640,3 +640,58 @@ async fn unauthenticated_endpoints_cost_the_catalog_nothing() {
         "{spent} catalog transactions for 600 unauthenticated calls"
     );
 }
+
+/// A request whose session the server ends under it (a suspend, a delete, a restart,
+/// `pg_terminate_backend`) is told to come back (503 with Retry-After), never 500: the
+/// soak met one such 500 when a tenant was suspended while its request ran.
+#[tokio::test]
+async fn a_session_ended_under_a_request_is_503_not_500() {
+    let d = Deployment::new().await;
+    let t = d.json(&["tenant", "create", "ended", "--plan", "enterprise"], 0);
+    let r = d.serve(&[]).await;
+    let database = t["database"].as_str().unwrap().to_owned();
+    // A lock holds the request's query until its session is ended.
+    let locker = d.pg.connect(&database).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let request = {
+        let (http, url, auth) = (
+            http.clone(),
+            format!("{}/v1/tasks?limit=1", r.base),
+            bearer(&token("ended", None)),
+        );
+        tokio::spawn(async move { http.get(url).header("authorization", auth).send().await })
+    };
+    let admin = d.pg.connect("postgres").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ended: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = 'tenantry-router' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if ended > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = request.await.unwrap().unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "tenant_unavailable")
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+}

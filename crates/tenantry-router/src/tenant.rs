@@ -178,8 +178,20 @@ impl TenantCtx {
 }
 
 /// Database errors inside a tenant handler: the caller learns nothing of the driver.
+/// A tenant database's error: what says the database is unreachable for now is 503
+/// with Retry-After (the connection lost or ended by the server — a suspend, a delete, a
+/// restart, `pg_terminate_backend` — the server out of connections or resources, the
+/// database gone, a statement cancelled or timed out, a serialization failure or
+/// deadlock); anything else is the router's own fault, 500 with no detail.
 pub fn db_error(e: tokio_postgres::Error) -> ApiError {
-    if e.is_closed() || e.as_db_error().is_none() {
+    let transient = e.as_db_error().is_none_or(|db| {
+        let code = db.code().code();
+        ["08", "53", "57", "40"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            || code == "3D000"
+    });
+    if e.is_closed() || transient {
         tracing::warn!(error = %e, "tenant database connection failed");
         return ApiError::new(
             ErrorCode::TenantUnavailable,
