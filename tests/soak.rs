@@ -149,7 +149,7 @@ async fn one_request(
     if status >= 500 {
         let code = body["error"]["code"].as_str().unwrap_or("-").to_owned();
         *s.server_errors
-            .entry(format!("{status} {code}"))
+            .entry(format!("{status} {code} {route}"))
             .or_default() += 1;
     }
     if status == 201 {
