@@ -66,16 +66,12 @@ async fn books(base: &str, server: i64, kind: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {label} in\n{text}"))
 }
 
-fn p99(mut l: Vec<Duration>) -> Duration {
-    l.sort();
-    l.get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
-    let d = Deployment::new().await;
+/// A second server, `s2`, registered in the catalog at a fault-injecting proxy's port
+/// with `max_connections` connections; its id.
+async fn server_behind_proxy(
+    d: &Deployment,
+    max_connections: usize,
+) -> (tenantry_testkit::TestCluster, FaultProxy, i64) {
     let second = tenantry_testkit::TestCluster::start();
     let proxy = FaultProxy::start(("127.0.0.1", second.port())).unwrap();
     let via_proxy = second.url("postgres").replace(
@@ -86,21 +82,39 @@ async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
         .run(&["server", "add", "s2", "--url", &via_proxy])
         .status
         .success());
-    let catalog = d.catalog().await;
-    let s2: i64 = catalog
+    let s2: i64 = d
+        .catalog()
+        .await
         .query_one(
             "UPDATE servers SET max_connections = $1 WHERE name = 's2' RETURNING id",
-            &[&(SHAKY as i32)],
+            &[&(max_connections as i32)],
         )
         .await
         .unwrap()
         .get(0);
-    let create = |slug: String, server: &str| tenantry_provision::CreateTenant {
+    (second, proxy, s2)
+}
+
+fn create(slug: String, server: &str) -> tenantry_provision::CreateTenant {
+    tenantry_provision::CreateTenant {
         slug,
         plan: Some("enterprise".into()),
         server: Some(server.into()),
         ..Default::default()
-    };
+    }
+}
+
+fn p99(mut l: Vec<Duration>) -> Duration {
+    l.sort();
+    l.get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
+    let d = Deployment::new().await;
+    let (_second, proxy, s2) = server_behind_proxy(&d, SHAKY).await;
     let mut wanted: Vec<_> = (0..3)
         .map(|i| create(format!("steady-{i}"), "s1"))
         .collect();
@@ -266,4 +280,138 @@ async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
         assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
     }
     eprintln!("figures:\n{}", figures.join("\n"));
+}
+
+/// The sessions in `database` on `pg` that run `like`.
+async fn sessions_running(pg: &tenantry_testkit::TestCluster, database: &str, like: &str) -> i64 {
+    pg.connect("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND query LIKE $2 AND pid <> pg_backend_pid()",
+            &[&database, &like],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cut_off_mid_file_is_reported_never_half_recorded_and_a_rerun_finishes_it() {
+    let d = Deployment::new().await;
+    let (second, proxy, _) = server_behind_proxy(&d, 20).await;
+    let wanted = vec![create("cut".into(), "s2"), create("calm".into(), "s1")];
+    d.provisioner().await.create_many(wanted, 2).await.unwrap();
+    let templates = d.home.path().join("templates");
+    let tasks_dir = templates.join("tasks");
+    std::fs::create_dir_all(&tasks_dir).unwrap();
+    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tasks_dir.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        tasks_dir.join("V2__slow.sql"),
+        "CREATE TABLE half_a (id int); SELECT pg_sleep(2); CREATE TABLE half_b (id int);",
+    )
+    .unwrap();
+    let run = || {
+        d.cmd(&[
+            "--templates",
+            templates.to_str().unwrap(),
+            "--output",
+            "json",
+            "migrate",
+            "run",
+            "--on-error",
+            "continue",
+        ])
+    };
+    let database: String = d
+        .catalog()
+        .await
+        .query_one("SELECT database_name FROM tenants WHERE slug = 'cut'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let state = || async {
+        let catalog = d.catalog().await;
+        let recorded: i32 = catalog
+            .query_one("SELECT schema_version FROM tenants WHERE slug = 'cut'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let row = second
+            .connect(&database)
+            .await
+            .query_one(
+                "SELECT ARRAY(SELECT version FROM refinery_schema_history ORDER BY version),
+                        ARRAY(SELECT relname::text FROM pg_class
+                              WHERE relname IN ('half_a', 'half_b') ORDER BY relname)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (history, tables): (Vec<i32>, Vec<String>) = (row.get(0), row.get(1));
+        (recorded, history, tables)
+    };
+
+    // The run is cut off while `cut`'s file sleeps between its two statements.
+    let running = support::Running::spawn(run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sessions_running(&second, &database, "%pg_sleep(2)%").await == 0 {
+        assert!(Instant::now() < deadline, "the file never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set(Fault::Reset { after_bytes: 0 });
+    let started = Instant::now();
+    let (status, out, err) = running.wait(Duration::from_secs(60));
+    eprintln!(
+        "the cut-off run ended {:?} after the reset: {status}",
+        started.elapsed()
+    );
+    proxy.set(Fault::PassThrough);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    let of = |slug: &str| {
+        report["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["slug"] == slug)
+            .cloned()
+            .unwrap_or_else(|| panic!("{slug} not in {report}"))
+    };
+    let (cut, calm) = (of("cut"), of("calm"));
+    eprintln!("cut: {cut}");
+    assert_eq!(calm["status"], "ok", "the other server's tenant: {calm}");
+    assert_ne!(cut["status"], "ok", "{cut}");
+    assert!(
+        cut["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "reported with a reason: {cut}"
+    );
+    assert!(!status.success(), "a failed tenant fails the run");
+
+    // Once the server has ended the orphaned session (its transaction rolled back), the
+    // catalog, the history and the schema agree: the file did not happen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sessions_running(&second, &database, "%pg_sleep(2)%").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state().await, (1, vec![1], vec![]), "nothing half-recorded");
+
+    // A rerun finishes it.
+    let out = support::output(run());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        state().await,
+        (2, vec![1, 2], vec!["half_a".into(), "half_b".into()])
+    );
 }
