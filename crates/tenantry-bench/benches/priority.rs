@@ -37,6 +37,7 @@ async fn round(targets: Arc<Vec<(&'static str, Target)>>, max_defer: Duration) -
         PoolConfig {
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
             session_options: String::new(),

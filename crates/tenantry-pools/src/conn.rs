@@ -79,6 +79,7 @@ pub struct Manager {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) connect_timeout: Duration,
+    pub(crate) answer_timeout: Duration,
     pub(crate) budget: Arc<Budget>,
     pub(crate) pools: Weak<Inner>,
     pub(crate) tenant: Uuid,
@@ -176,7 +177,7 @@ impl Manager {
         Ok(self
             .config
             .connect_raw(
-                stream::UntilClosed::new(socket, reads.clone()),
+                stream::UntilClosed::new(socket, reads.clone(), self.answer_timeout),
                 tokio_postgres::NoTls,
             )
             .await?)

@@ -29,6 +29,7 @@ use dashmap::DashMap;
 use deadpool::managed;
 use secrecy::{ExposeSecret, SecretString};
 
+mod answer;
 mod budget;
 mod conn;
 mod lease;
@@ -48,6 +49,10 @@ pub struct PoolConfig {
     pub wait_timeout: Duration,
     /// How long opening a connection to a tenant database may take.
     pub connect_timeout: Duration,
+    /// How long a session waits for its server's next byte while it owes an answer;
+    /// past it the server is taken as gone and the connection ends (see [`answer`]).
+    /// Above the sessions' statement timeout, which a live server answers within.
+    pub answer_timeout: Duration,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
     /// Pools unused for this long are dropped.
@@ -450,6 +455,7 @@ impl Pools {
             host: target.host.clone(),
             port: target.port,
             connect_timeout: c.connect_timeout,
+            answer_timeout: c.answer_timeout,
             budget: self.budget(target.server),
             pools: Arc::downgrade(&self.inner),
             tenant: target.tenant,
@@ -587,6 +593,7 @@ mod tests {
             PoolConfig {
                 wait_timeout: wait,
                 connect_timeout: wait,
+                answer_timeout: wait,
                 idle_timeout: wait,
                 pool_idle_timeout: wait,
                 session_options: String::new(),

@@ -8,6 +8,9 @@
 //! (so one huge row cannot be read whole into memory); the stream shuts its side,
 //! discards what the server still sends until the server has closed (so the permit
 //! rule above holds), and then fails, which ends the connection.
+//!
+//! A server that owes an answer and sends nothing for the answer deadline fails the
+//! read too ([`crate::answer`]): the connection ends instead of waiting forever.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +23,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
+
+use crate::answer::Answers;
 
 /// How long a shutdown waits for the server to close before giving up (a server that
 /// vanished from the network never answers).
@@ -136,14 +141,16 @@ pub(crate) struct UntilClosed {
     /// Set once our side is shut: the deadline for the server's.
     closing: Option<Pin<Box<Sleep>>>,
     cap: Arc<ReadCap>,
+    answers: Answers,
 }
 
 impl UntilClosed {
-    pub(crate) fn new(inner: Socket, cap: Arc<ReadCap>) -> Self {
+    pub(crate) fn new(inner: Socket, cap: Arc<ReadCap>, answer_timeout: Duration) -> Self {
         Self {
             inner,
             closing: None,
             cap,
+            answers: Answers::new(answer_timeout),
         }
     }
 
@@ -189,7 +196,16 @@ impl AsyncRead for UntilClosed {
         let this = &mut *self;
         if !this.cap.tripped() {
             let before = buf.filled().len();
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+                if this.answers.poll_overdue(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the server stopped answering",
+                    )));
+                }
+                return Poll::Pending;
+            }
+            this.answers.read(&buf.filled()[before..]);
             let read = (buf.filled().len() - before) as u64;
             if this.cap.take(read) {
                 return Poll::Ready(Ok(()));
@@ -210,7 +226,10 @@ impl AsyncWrite for UntilClosed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.answers.wrote(&buf[..written], cx);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -12,6 +12,7 @@ fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_secs(2),
+        answer_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_millis(400),
         pool_idle_timeout: Duration::from_millis(400),
         session_options: String::new(),

@@ -17,6 +17,7 @@ fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_secs(5),
+        answer_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
         pool_idle_timeout: Duration::from_secs(60),
         session_options: String::new(),

@@ -21,6 +21,7 @@ fn pools(wait: Duration, max_defer: Duration) -> Pools {
         PoolConfig {
             wait_timeout: wait,
             connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
             session_options: String::new(),

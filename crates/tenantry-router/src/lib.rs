@@ -142,6 +142,15 @@ impl AppState {
                 wait_timeout: Duration::from_millis(r.pool_wait_ms),
                 priority_max_defer: Duration::from_millis(r.priority_max_defer_ms),
                 connect_timeout: Duration::from_millis(r.pool_connect_ms),
+                // A live server answers within the statement timeout (it cancels the
+                // statement then): past it and the time to connect, it is taken as gone.
+                answer_timeout: Duration::from_millis(
+                    settings
+                        .provision
+                        .statement_timeout_ms
+                        .max(r.sql_statement_timeout_ms)
+                        + r.pool_connect_ms,
+                ),
                 idle_timeout: Duration::from_secs(r.idle_timeout_s),
                 pool_idle_timeout: Duration::from_secs(r.pool_idle_s),
                 // The tenant role's own limits, as start-up options: a tenant that changes

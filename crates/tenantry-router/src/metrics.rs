@@ -151,7 +151,7 @@ impl Metrics {
         let pools = IntGaugeVec::new(
             Opts::new(
                 "tenantry_server_connections",
-                "per server: budget, open connections, tenant pools",
+                "per server: budget, open connections, tenant pools, requests waiting for a permit, evicted connections not yet closed",
             ),
             &["server", "kind"],
         )
@@ -264,15 +264,15 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(state.resolver.stats.misses.load(Ordering::Relaxed) as i64);
     for u in state.pools.usage() {
         let server = u.server.to_string();
-        m.pools
-            .with_label_values(&[&server, "budget"])
-            .set(u.budget as i64);
-        m.pools
-            .with_label_values(&[&server, "open"])
-            .set(u.open as i64);
-        m.pools
-            .with_label_values(&[&server, "pools"])
-            .set(u.pools as i64);
+        for (kind, n) in [
+            ("budget", u.budget),
+            ("open", u.open),
+            ("pools", u.pools),
+            ("waiting", u.waiting),
+            ("evicting", u.evicting),
+        ] {
+            m.pools.with_label_values(&[&server, kind]).set(n as i64);
+        }
     }
     // From the probe's last look: a scrape costs the catalog nothing.
     m.tenants.reset();

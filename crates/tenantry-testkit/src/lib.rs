@@ -14,6 +14,8 @@
 //! The first cluster of a build runs `initdb` once into `target/<profile>/tenantry-testkit/`;
 //! every later one is a copy of that, which takes a fraction of the time.
 
+pub mod proxy;
+
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
