@@ -702,3 +702,45 @@ async fn source_copies_are_purged_when_due_and_never_hold_a_server_back() {
         assert!(d.connect_tenant(id, &db).await.is_ok(), "{slug}");
     }
 }
+
+/// A cutover that misses `--cutover-timeout` gives the source its writes back, fails
+/// saying why, and leaves nothing on the target.
+#[tokio::test]
+async fn a_cutover_past_its_timeout_gives_the_source_its_writes_back() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "slow", "--server", "s1"])
+        .status
+        .success());
+    fill(&d, "slow", 50).await;
+    let mut cmd = d.cmd(&[
+        "tenant",
+        "move",
+        "slow",
+        "--to",
+        "s2",
+        "--cutover-timeout",
+        "1s",
+    ]);
+    // The target is slow to catch up: three seconds, against a timeout of one.
+    cmd.env("TENANTRY_FAULT", "move.catch_up.before=delay");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not finish within 1 s"), "{err}");
+    let shown = d.json(&["tenant", "show", "slow"], 0);
+    assert_eq!(shown["server"], "s1");
+    assert_eq!(shown["last_move"]["status"], "undone", "{shown}");
+    let (rep, dbs, roles) = leftovers(&s2).await;
+    assert!(
+        rep.is_empty() && dbs.is_empty() && roles.is_empty(),
+        "{rep:?} {dbs:?} {roles:?}"
+    );
+    assert!(leftovers(&d.pg).await.0.is_empty());
+    // Writable on the source again, as its own role.
+    let (id, db) = tenant_id(&d, "slow").await;
+    let c = d.connect_tenant(id, &db).await.unwrap();
+    c.execute("INSERT INTO notes (body) VALUES ('after')", &[])
+        .await
+        .unwrap();
+}
