@@ -277,6 +277,16 @@ impl Deployment {
         id: uuid::Uuid,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.connect_tenant_on(self.pg.port(), id, database).await
+    }
+
+    /// [`Deployment::connect_tenant`] on the server listening on `port`.
+    pub async fn connect_tenant_on(
+        &self,
+        port: u16,
+        id: uuid::Uuid,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let catalog = self.catalog().await;
         let row = catalog
             .query_one(
@@ -301,7 +311,7 @@ impl Deployment {
         let mut config = tokio_postgres::Config::new();
         config
             .host("127.0.0.1")
-            .port(self.pg.port())
+            .port(port)
             .user(format!("tr_{}", id.simple()))
             .password(password)
             .dbname(database);

@@ -330,6 +330,8 @@ impl Cluster {
             },
             format!("max_connections={}", self.opts.max_connections),
             "password_encryption=scram-sha-256".to_owned(),
+            // Tenants move between servers with logical replication (`tenant move`).
+            "wal_level=logical".to_owned(),
         ];
         if self.opts.durability == Durability::Throwaway {
             settings.extend(

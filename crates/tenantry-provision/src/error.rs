@@ -41,6 +41,9 @@ pub enum ProvisionError {
     Template(#[from] TemplateError),
     #[error("export failed: {0}")]
     Export(String),
+    /// A long operation (a move) that could not go on, and why.
+    #[error("{0}")]
+    Failed(String),
     #[error("injected fault at {0}")]
     Injected(String),
     #[error("{0}")]

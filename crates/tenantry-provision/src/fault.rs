@@ -1,7 +1,8 @@
 //! Test-only failure points. Built with the `fault-injection` feature, a step named in
-//! `TENANTRY_FAULT=<point>=<error|panic|exit>` fails there: with a returned error, a
-//! panic, or an immediate process exit (as a crash would). Without the feature, every
-//! point is a no-op.
+//! `TENANTRY_FAULT=<point>=<error|panic|exit|delay>` fails there: with a returned error, a
+//! panic, or an immediate process exit (as a crash would); `delay` stalls the step for
+//! three seconds instead (a slow server, for timeouts). Without the feature, every point
+//! is a no-op.
 
 use crate::ProvisionError;
 
@@ -19,6 +20,10 @@ pub(crate) fn point(name: &str) -> Result<(), ProvisionError> {
     match mode {
         "panic" => panic!("injected panic at {name}"),
         "exit" => std::process::exit(86),
+        "delay" => {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            Ok(())
+        }
         _ => Err(ProvisionError::Injected(name.to_owned())),
     }
 }

@@ -32,6 +32,11 @@ pub(crate) async fn start(
 }
 
 impl Step {
+    /// The ledger row's id.
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+
     pub(crate) async fn done(self, catalog: &Catalog) -> Result<(), ProvisionError> {
         let client = catalog.client().await?;
         client

@@ -21,7 +21,7 @@ pub use error::{ErrorKind, ProvisionError};
 pub use fleet::{FleetConnector, MigrationLock};
 pub use reconcile::{Orphan, ReconcileReport};
 pub use servers::{AddServer, ServerInfo};
-pub use tenants::{CreateTenant, TenantInfo};
+pub use tenants::{CreateTenant, MoveInfo, MoveTenant, StartedMove, TenantInfo};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -29,6 +29,11 @@ pub struct ReconcileReport {
     pub purged: Vec<String>,
     /// Plan changes finished: the tenant role's connection limit set to its plan's.
     pub plan_changes: Vec<String>,
+    /// Moves a crash or an error left unfinished: undone (the tenant stays on its
+    /// source), or, if they had flipped, their last steps finished.
+    pub moves: Vec<String>,
+    /// Tenants whose source copy (kept after a move) was purged, its retention passed.
+    pub purged_copies: Vec<String>,
     /// Databases named like a tenant's with no tenant holding them.
     pub orphan_databases: Vec<Orphan>,
     /// Roles named like a tenant's with no tenant holding them.
@@ -64,6 +69,8 @@ impl Provisioner {
                  LEFT JOIN operations o ON o.tenant_id = t.id AND o.status IN ('started', 'failed')
                  WHERE t.state IN ('requested', 'creating', 'deleting')
                     OR o.id IS NOT NULL
+                    OR EXISTS (SELECT 1 FROM moves m WHERE m.tenant_id = t.id
+                               AND m.status IN ('running', 'failed'))
                     OR (t.state = 'deleted' AND t.purged_at IS NULL AND t.purge_after <= now())",
                 &[],
             )
@@ -84,6 +91,7 @@ impl Provisioner {
                     .push(format!("tenant {}: {e}", tenant.info.slug));
             }
         }
+        report.purged_copies = self.purge_due_copies(dry_run, &mut report.errors).await?;
         self.find_orphans(&mut report).await?;
         Ok(report)
     }
@@ -96,6 +104,11 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         let slug = tenant.info.slug.clone();
         let id = tenant.info.id;
+        // A move first: undoing it gives the source back what the state's repair expects.
+        if let Some(done) = self.reconcile_moves(tenant, dry_run).await? {
+            report.moves.push(done);
+        }
+        let tenant = &self.tenant_by_id(id).await?;
         match tenant.state {
             TenantState::Requested | TenantState::Creating => {
                 if dry_run {
@@ -206,7 +219,15 @@ impl Provisioner {
             let rows = catalog
                 .query(
                     "SELECT database_name, role_name, slug, state FROM tenants
-                     WHERE server_id = $1 AND purged_at IS NULL AND state NOT IN ('failed', 'requested')",
+                     WHERE server_id = $1 AND purged_at IS NULL AND state NOT IN ('failed', 'requested')
+                     UNION ALL
+                     SELECT c.database_name, c.role_name, t.slug, 'retained' FROM retained_copies c
+                     JOIN tenants t ON t.id = c.tenant_id
+                     WHERE c.server_id = $1 AND c.purged_at IS NULL
+                     UNION ALL
+                     SELECT t.database_name, t.role_name, t.slug, 'creating' FROM moves m
+                     JOIN tenants t ON t.id = m.tenant_id
+                     WHERE m.target_server_id = $1 AND m.status IN ('running', 'failed')",
                     &[&server.id],
                 )
                 .await?;

@@ -207,22 +207,7 @@ impl Provisioner {
     ) -> Result<Vec<(String, Result<Option<String>, ProvisionError>)>, ProvisionError> {
         let servers = self.all_servers().await?;
         let asks = servers.iter().map(|server| async move {
-            let ask = async {
-                let admin = self.admin.get(server).await?;
-                let row = admin
-                    .query_one(
-                        "SELECT current_setting('wal_level'),
-                                current_setting('max_replication_slots')::int,
-                                current_setting('max_wal_senders')::int",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| {
-                        ProvisionError::server(&server.name, "read its replication settings", &e)
-                    })?;
-                Ok(replication_gap(row.get(0), row.get(1), row.get(2)))
-            };
-            let answer = match tokio::time::timeout(within, ask).await {
+            let answer = match tokio::time::timeout(within, self.can_replicate(server)).await {
                 Ok(answer) => answer,
                 Err(_) => Err(ProvisionError::Conflict(format!(
                     "server {} did not answer within {} ms",
@@ -233,6 +218,27 @@ impl Provisioner {
             (server.name.clone(), answer)
         });
         Ok(futures_util::future::join_all(asks).await)
+    }
+
+    /// Why `server` cannot replicate logically (the moves' online path), or `None`
+    /// when it can.
+    pub(crate) async fn can_replicate(
+        &self,
+        server: &ServerRow,
+    ) -> Result<Option<String>, ProvisionError> {
+        let admin = self.admin.get(server).await?;
+        let row = admin
+            .query_one(
+                "SELECT current_setting('wal_level'),
+                        current_setting('max_replication_slots')::int,
+                        current_setting('max_wal_senders')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                ProvisionError::server(&server.name, "read its replication settings", &e)
+            })?;
+        Ok(replication_gap(row.get(0), row.get(1), row.get(2)))
     }
 
     /// Stops new placements on `name`; its tenants stay.
@@ -293,6 +299,32 @@ impl Provisioner {
                  (`tenantry tenant list` shows them)"
             )));
         }
+        let moving: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM moves WHERE status IN ('running', 'failed')
+                   AND $1 IN (source_server_id, target_server_id)",
+                &[&server.id],
+            )
+            .await?
+            .get(0);
+        if moving > 0 {
+            return Err(ProvisionError::Conflict(format!(
+                "server {name} has {moving} tenant move(s) under way or unfinished; let them end \
+                 (`tenantry reconcile` finishes interrupted ones)"
+            )));
+        }
+        // Source copies that moves keep for the retention period do not hold a server
+        // back: removing it drops them now (their rows go with the server's).
+        let retained: Vec<(String, String)> = tx
+            .query(
+                "SELECT database_name, role_name FROM retained_copies
+                 WHERE server_id = $1 AND purged_at IS NULL",
+                &[&server.id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let templates: Vec<String> = tx
             .query(
                 "SELECT database_name FROM template_databases WHERE server_id = $1",
@@ -317,6 +349,9 @@ impl Provisioner {
             .await?;
         tx.commit().await?;
         self.admin.forget(server.id);
+        if !retained.is_empty() {
+            drop_retained(&server, &retained).await;
+        }
         if !templates.is_empty() {
             match server.connect(&server.admin_database).await {
                 Ok(admin) => {
@@ -499,6 +534,31 @@ pub(crate) async fn lock_placements(
 }
 
 /// What a server lacks for logical replication (`None`: nothing).
+/// Drops the source copies of moved tenants from a server being removed; what cannot
+/// be dropped is logged (the server is leaving the fleet either way).
+async fn drop_retained(server: &ServerRow, copies: &[(String, String)]) {
+    let admin = match server.connect(&server.admin_database).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(server = %server.name, error = %e, "source copies left behind");
+            return;
+        }
+    };
+    for (db, role) in copies {
+        let (Ok(db), Ok(role)) = (Ident::new(db.clone()), Ident::new(role.clone())) else {
+            continue;
+        };
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("DROP ROLE IF EXISTS {role}"),
+        ] {
+            if let Err(e) = admin.batch_execute(&sql).await {
+                tracing::warn!(server = %server.name, db = %db.as_str(), error = %e, "source copy left behind");
+            }
+        }
+    }
+}
+
 fn replication_gap(wal_level: &str, slots: i32, senders: i32) -> Option<String> {
     let mut lacks = Vec::new();
     if wal_level != "logical" {

@@ -23,6 +23,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/v1/tenants/{slug}/resume",
             web::post().to(resume_tenant),
         )
+        .route("/admin/v1/tenants/{slug}/move", web::post().to(move_tenant))
         .route(
             "/admin/v1/tenants/{slug}/export",
             web::get().to(export_tenant),
@@ -211,6 +212,58 @@ async fn suspend_tenant(
         .map_err(api)?;
     state.resolver.invalidate(&slug);
     Ok(HttpResponse::Ok().json(t))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoveRequest {
+    /// The target server's name.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,39}$")]
+    to: String,
+    /// Copy with pg_dump | pg_restore while writes are refused, even where the servers
+    /// could replicate logically.
+    #[serde(default)]
+    offline: bool,
+    /// How long the online cutover may block the tenant's writes; default 30.
+    #[schema(minimum = 1, maximum = 3600)]
+    cutover_timeout_s: Option<u64>,
+}
+
+/// Starts moving a tenant to another server and answers at once with the operation
+/// whose progress `GET /admin/v1/operations/{id}` reports; the move runs in the background.
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/move", tag = "admin", request_body = MoveRequest, params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),
+    responses((status = 202, description = "the move started: {operation, move}", body = Object), (status = 400, description = "not JSON, or text with NUL", body = crate::openapi::ErrorResponse), (status = 413, description = "body too large", body = crate::openapi::ErrorResponse),
+    (status = 422, description = "an unknown, draining or full server, the tenant's own, or a bad timeout", body = crate::openapi::ErrorResponse), (status = 404, body = crate::openapi::ErrorResponse), (status = 409, description = "the tenant is not ready or suspended, or busy", body = crate::openapi::ErrorResponse), (status = 503, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
+async fn move_tenant(
+    state: web::Data<AppState>,
+    _: AdminAuth,
+    slug: web::Path<String>,
+    body: web::Json<MoveRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let slug = path_slug(&slug)?;
+    storable_text("to", &body.to)?;
+    let timeout = body.cutover_timeout_s.unwrap_or(30);
+    let started = state
+        .provisioner
+        .start_move(tenantry_provision::MoveTenant {
+            slug: slug.to_owned(),
+            to: body.to.clone(),
+            offline: body.offline,
+            cutover_timeout: std::time::Duration::from_secs(timeout),
+        })
+        .await
+        .map_err(api)?;
+    let answer = serde_json::json!({"operation": started.info.operation, "move": started.info});
+    let provisioner = state.provisioner.clone();
+    // The move holds the tenant's lock; it runs on after this response (its outcome is
+    // in the ledger and the operation).
+    tokio::spawn(async move {
+        if let Err(e) = provisioner.run_move(started).await {
+            tracing::warn!(error = %e, "a move started over the admin API failed");
+        }
+    });
+    Ok(HttpResponse::Accepted().json(answer))
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{slug}/resume", tag = "admin", params(("slug" = String, Path, pattern = "^[a-z][a-z0-9-]{1,39}$")),

@@ -24,7 +24,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             "/admin/v1/migration-runs/{id}",
             web::get().to(migration_run),
         )
-        .route("/admin/v1/operations", web::get().to(operations));
+        .route("/admin/v1/operations", web::get().to(operations))
+        .route("/admin/v1/operations/{id}", web::get().to(operation));
 }
 
 /// Operation statuses the ledger writes (`operations.status`).
@@ -567,6 +568,20 @@ pub(crate) struct Operation {
     finished_at: Option<DateTime<Utc>>,
 }
 
+fn operation_of(r: &tokio_postgres::Row) -> Operation {
+    Operation {
+        id: r.get(0),
+        tenant: r.get(1),
+        server: r.get(2),
+        kind: r.get(3),
+        step: r.get(4),
+        status: r.get(5),
+        error: r.get(6),
+        started_at: r.get(7),
+        finished_at: r.get(8),
+    }
+}
+
 const OPERATIONS: &str = "
     SELECT o.id, t.slug, s.name, o.kind, o.step, o.status, o.error, o.started_at, o.finished_at
     FROM operations o
@@ -609,23 +624,57 @@ async fn operations(
         &[&q.status, &q.tenant, &before.map(|b| b.0), &(limit + 1)],
     )
     .await?;
-    let items = rows
-        .iter()
-        .map(|r| Operation {
-            id: r.get(0),
-            tenant: r.get(1),
-            server: r.get(2),
-            kind: r.get(3),
-            step: r.get(4),
-            status: r.get(5),
-            error: r.get(6),
-            started_at: r.get(7),
-            finished_at: r.get(8),
-        })
-        .collect();
+    let items = rows.iter().map(operation_of).collect();
     Ok(HttpResponse::Ok().json(page(items, limit, |o: &Operation| {
         encode_cursor(&o.id.to_string(), "0")
     })))
+}
+
+/// One ledger row; for a move's, the move's progress with it (`move`: phase, status,
+/// bytes copied, replication lag).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OperationDetail {
+    #[serde(flatten)]
+    operation: Operation,
+    #[serde(rename = "move", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    moving: Option<tenantry_provision::MoveInfo>,
+}
+
+/// One step of the ledger by id, with a move's progress when it is a move's.
+#[utoipa::path(get, path = "/admin/v1/operations/{id}", tag = "admin",
+    params(("id" = i64, Path, minimum = 1, description = "a ledger id, e.g. the operation a move answered with")),
+    responses((status = 200, body = OperationDetail), (status = 404, body = crate::openapi::ErrorResponse), (status = 401, body = crate::openapi::ErrorResponse), (status = 403, description = "no admin scope", body = crate::openapi::ErrorResponse), (status = 503, description = "the catalog cannot be read", body = crate::openapi::ErrorResponse)),
+    security(("bearer" = [])))]
+async fn operation(
+    state: web::Data<AppState>,
+    _: AdminAuth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no operation with that id");
+    let id: i64 = id.parse().map_err(|_| not_found())?;
+    let rows = query(
+        &state,
+        "SELECT o.id, t.slug, s.name, o.kind, o.step, o.status, o.error, o.started_at, o.finished_at
+         FROM operations o
+         LEFT JOIN tenants t ON t.id = o.tenant_id
+         LEFT JOIN servers s ON s.id = o.server_id
+         WHERE o.id = $1",
+        &[&id],
+    )
+    .await?;
+    let r = rows.first().ok_or_else(not_found)?;
+    let operation = operation_of(r);
+    let moving = if operation.kind == "move" {
+        state
+            .provisioner
+            .move_by_operation(id)
+            .await
+            .map_err(|e| unavailable(&e))?
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(OperationDetail { operation, moving }))
 }
 
 #[cfg(test)]

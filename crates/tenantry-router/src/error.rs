@@ -13,6 +13,8 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     TenantSuspended,
+    /// An offline move is copying the tenant: writes wait for it (503, Retry-After).
+    TenantMoving,
     QuotaExceeded,
     RateLimited,
     PayloadTooLarge,
@@ -39,6 +41,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TenantSuspended => "tenant_suspended",
+            Self::TenantMoving => "tenant_moving",
             Self::QuotaExceeded => "quota_exceeded",
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
@@ -65,7 +68,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::UnprocessableRequest | Self::ResultTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TenantUnavailable | Self::NotReady | Self::Unavailable => {
+            Self::TenantUnavailable | Self::TenantMoving | Self::NotReady | Self::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Conflict => StatusCode::CONFLICT,
@@ -305,6 +308,7 @@ mod tests {
             (ErrorCode::TenantNotFound, 404, "tenant_not_found"),
             (ErrorCode::NotFound, 404, "not_found"),
             (ErrorCode::TenantSuspended, 423, "tenant_suspended"),
+            (ErrorCode::TenantMoving, 503, "tenant_moving"),
             (ErrorCode::QuotaExceeded, 429, "quota_exceeded"),
             (ErrorCode::RateLimited, 429, "rate_limited"),
             (ErrorCode::PayloadTooLarge, 413, "payload_too_large"),

@@ -15,7 +15,7 @@ pub struct ErrorResponse {
 #[derive(ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: unauthorized, forbidden, tenant_not_found, not_found, conflict,
-    /// tenant_suspended, quota_exceeded, rate_limited, payload_too_large,
+    /// tenant_suspended, tenant_moving, quota_exceeded, rate_limited, payload_too_large,
     /// headers_too_large, invalid_request, tenant_unavailable, unavailable, not_ready, internal.
     pub code: String,
     pub message: String,
@@ -150,6 +150,7 @@ impl Modify for Bearer {
         crate::admin::change_tenant,
         crate::admin::suspend_tenant,
         crate::admin::resume_tenant,
+        crate::admin::move_tenant,
         crate::admin::export_tenant,
         crate::admin::list_servers,
         crate::admin::add_server,
@@ -160,6 +161,7 @@ impl Modify for Bearer {
         crate::admin_views::migration_runs,
         crate::admin_views::migration_run,
         crate::admin_views::operations,
+        crate::admin_views::operation,
         crate::console::index,
     ),
     components(schemas(ErrorResponse, ErrorDetail, AgentName, TaskStatus, PlanName, TenantStateName, OperationStatus, UsageFormat)),

@@ -35,6 +35,8 @@ pub struct Route {
     pub role: String,
     pub password: SecretString,
     pub plan: Plan,
+    /// An offline move is copying the tenant: its writes are refused, reads go on.
+    pub moving: bool,
 }
 
 /// A cached answer: the route, or `None` for a slug no live tenant has.
@@ -144,7 +146,7 @@ impl Resolver {
                         t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
                         p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
                         p.pool_size, floor(extract(epoch FROM t.created_at))::int8,
-                        p.price_cents, p.priority
+                        p.price_cents, p.priority, t.moving IS NOT NULL
                  FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
                  WHERE t.slug = $1 AND t.state <> 'deleted'",
             )
@@ -195,6 +197,7 @@ impl Resolver {
                 price_cents: r.get::<_, i32>(19) as u32,
                 priority: r.get::<_, i16>(20) as u8,
             },
+            moving: r.get(21),
         }))
     }
 

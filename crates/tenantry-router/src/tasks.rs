@@ -147,7 +147,7 @@ async fn create(
         storable_json("input", input)?;
     }
     let meter = state.meter.clone();
-    let ctx = TenantCtx::new(state, auth).await?;
+    let ctx = TenantCtx::for_write(state, auth).await?;
     // The token's subject is stored as the task's user_id.
     storable_text("the token's sub claim", ctx.user())?;
     let agent: Agent = body
@@ -418,7 +418,7 @@ async fn update(
     if let Some(Some(output)) = &body.output {
         storable_json("output", output)?;
     }
-    let ctx = TenantCtx::new(state, auth).await?;
+    let ctx = TenantCtx::for_write(state, auth).await?;
     let conn = ctx.conn().await?;
     let set_output = body.output.is_some();
     let output = body.output.flatten();
@@ -444,7 +444,7 @@ async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = task_id(&path)?;
-    let ctx = TenantCtx::new(state, auth).await?;
+    let ctx = TenantCtx::for_write(state, auth).await?;
     let conn = ctx.conn().await?;
     let n = conn
         .execute("DELETE FROM tasks WHERE id = $1", &[&id])

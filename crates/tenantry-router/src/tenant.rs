@@ -65,6 +65,20 @@ pub struct TenantCtx {
 }
 
 impl TenantCtx {
+    /// [`TenantCtx::new`] for a request that writes: refused while an offline move
+    /// copies the tenant (reads go on).
+    pub async fn for_write(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
+        let ctx = Self::new(state, auth).await?;
+        if ctx.route.moving {
+            return Err(ApiError::new(
+                ErrorCode::TenantMoving,
+                "this tenant is being moved to another server; writes resume when it is there",
+            )
+            .retry_after(5));
+        }
+        Ok(ctx)
+    }
+
     /// Resolves the token's tenant and checks it may be served now.
     pub async fn new(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
         tracing::Span::current().record("tenant", auth.tenant.as_str());

@@ -1,13 +1,18 @@
 //! The tenant lifecycle: what a tenant is in the catalog, and the steps shared by its
 //! operations (`create.rs`; `lifecycle.rs`: suspend, resume, delete, purge; `export.rs`;
-//! `role.rs`: the tenant's role and credentials).
+//! `role.rs`: the tenant's role and credentials; `move_*.rs`: moving it to another server).
 
 mod create;
 mod export;
 mod lifecycle;
+mod move_cleanup;
+mod move_offline;
+mod move_online;
+mod move_plan;
 mod plan;
 mod role;
 
+pub use move_plan::{MoveInfo, MoveTenant, StartedMove};
 pub(crate) use plan::PLAN_CHANGE;
 
 use chrono::{DateTime, Utc};

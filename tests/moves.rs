@@ -1,0 +1,746 @@
+//! Moving tenants between servers (`tenant move`, `POST /admin/v1/tenants/{slug}/move`),
+//! with two real clusters as two servers: every row and sequence arrives, the router
+//! serves the tenant from the target afterwards, refused moves make nothing, and a move
+//! killed at any step is finished or undone by `tenantry reconcile` with no replication
+//! slot, publication, subscription, database or role left behind.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::routers::bearer;
+use support::{admin_token, token, Deployment};
+use tenantry_testkit::TestCluster;
+
+/// A deployment with two servers: `s1` (the catalog's cluster) and `s2`.
+async fn two_servers() -> (Deployment, TestCluster) {
+    let d = Deployment::new().await;
+    let s2 = TestCluster::start();
+    let out = d.run(&["server", "add", "s2", "--url", &s2.url("postgres")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (d, s2)
+}
+
+async fn tenant_id(d: &Deployment, slug: &str) -> (uuid::Uuid, String) {
+    let row = d
+        .catalog()
+        .await
+        .query_one(
+            "SELECT id, database_name FROM tenants WHERE slug = $1 AND state <> 'deleted'",
+            &[&slug],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn server_of(d: &Deployment, slug: &str) -> String {
+    d.catalog()
+        .await
+        .query_one(
+            "SELECT s.name FROM tenants t JOIN servers s ON s.id = t.server_id
+             WHERE t.slug = $1 AND t.state <> 'deleted'",
+            &[&slug],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Tasks, and a keyless table with a sequence (replica identity FULL, setval), in the
+/// tenant's database, written as the tenant's own role.
+async fn fill(d: &Deployment, slug: &str, rows: i64) {
+    let (id, db) = tenant_id(d, slug).await;
+    let c = d.connect_tenant(id, &db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE notes (n bigserial, body text);
+         INSERT INTO tasks (user_id, agent, title) SELECT 'u', 'opencode', 'task ' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO notes (body) SELECT 'note ' || g FROM generate_series(1, $1::int8) g",
+        &[&rows],
+    )
+    .await
+    .unwrap();
+    // Updates and deletes on the keyless table too.
+    c.batch_execute(
+        "UPDATE notes SET body = body || '!' WHERE n % 2 = 0; DELETE FROM notes WHERE n % 10 = 0",
+    )
+    .await
+    .unwrap();
+}
+
+/// (tasks, notes, notes' checksum, the notes sequence's next value) on `cluster`.
+async fn contents(cluster: &TestCluster, db: &str) -> (i64, i64, String, i64) {
+    let c = cluster.connect(db).await;
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM notes),
+                    (SELECT md5(string_agg(n || body, ',' ORDER BY n)) FROM notes)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let next: i64 = c
+        .query_one("SELECT nextval('notes_n_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (r.get(0), r.get(1), r.get(2), next)
+}
+
+/// The text column of every row `sql` returns.
+async fn names(c: &tokio_postgres::Client, sql: &str) -> BTreeSet<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// What replication and tenant objects a cluster holds: slots, publications and
+/// subscriptions (in any database), then tenant databases and roles.
+async fn leftovers(
+    cluster: &TestCluster,
+) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+    let admin = cluster.connect("postgres").await;
+    let dbs = names(
+        &admin,
+        "SELECT datname::text FROM pg_database WHERE datname ~ '^t_[0-9a-f]{32}$'",
+    )
+    .await;
+    let mut replication: BTreeSet<String> = names(
+        &admin,
+        "SELECT 'slot ' || slot_name FROM pg_replication_slots
+         UNION ALL SELECT 'subscription ' || subname FROM pg_subscription",
+    )
+    .await;
+    for db in &dbs {
+        let c = cluster.connect(db).await;
+        replication.extend(names(&c, "SELECT 'publication ' || pubname FROM pg_publication").await);
+    }
+    let roles = names(
+        &admin,
+        "SELECT rolname::text FROM pg_roles WHERE rolname ~ '^tr_[0-9a-f]{32}$'",
+    )
+    .await;
+    (replication, dbs, roles)
+}
+
+#[tokio::test]
+async fn an_online_move_brings_every_row_and_the_router_serves_it_from_the_target() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&[
+            "tenant",
+            "create",
+            "acme",
+            "--plan",
+            "enterprise",
+            "--server",
+            "s1"
+        ])
+        .status
+        .success());
+    fill(&d, "acme", 500).await;
+    let (_, db) = tenant_id(&d, "acme").await;
+    let before = contents(&d.pg, &db).await;
+
+    let moved = d.json(&["tenant", "move", "acme", "--to", "s2"], 0);
+    assert_eq!(moved["status"], "done", "{moved}");
+    assert_eq!(moved["mode"], "online", "{moved}");
+    assert_eq!(moved["to"], "s2");
+    assert!(moved["bytes_total"].as_i64().unwrap() > 0, "{moved}");
+    assert_eq!(server_of(&d, "acme").await, "s2");
+
+    // Every row, the keyless table's updates and deletes, the sequence past its last value.
+    let after = contents(&s2, &db).await;
+    assert_eq!(
+        (after.0, after.1, &after.2),
+        (before.0, before.1, &before.2)
+    );
+    assert!(after.3 >= before.3, "sequence {} < {}", after.3, before.3);
+
+    // Nothing of the replication is left; the source copy stays for the retention.
+    assert!(
+        leftovers(&s2).await.0.is_empty(),
+        "{:?}",
+        leftovers(&s2).await
+    );
+    let (rep, dbs, _) = leftovers(&d.pg).await;
+    assert!(rep.is_empty(), "{rep:?}");
+    assert!(dbs.contains(&db), "the source copy is kept");
+
+    // tenant show tells of the move.
+    let shown = d.json(&["tenant", "show", "acme"], 0);
+    assert_eq!(shown["server"], "s2");
+    assert_eq!(shown["last_move"]["status"], "done", "{shown}");
+
+    // The router serves the tenant from s2: its tasks, and a new one lands there.
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let t = bearer(&token("acme", None));
+    let list = http
+        .get(format!("{}/v1/tasks?limit=100", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    let created = http
+        .post(format!("{}/v1/tasks", r.base))
+        .header("authorization", &t)
+        .json(&json!({"agent": "claude", "title": "after the move"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let on_target: i64 = s2
+        .connect(&db)
+        .await
+        .query_one(
+            "SELECT count(*) FROM tasks WHERE title = 'after the move'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_target, 1);
+}
+
+/// Polls `GET /admin/v1/operations/{id}` until the move is no longer running.
+async fn wait_for_move(base: &str, operation: i64) -> Value {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let resp = http
+            .get(format!("{base}/admin/v1/operations/{operation}"))
+            .header("authorization", bearer(&admin_token()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["kind"], "move", "{body}");
+        if body["move"]["status"] != "running" {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never ended: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_moves_over_the_admin_api_and_stays_suspended() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "sleepy", "--server", "s1"])
+        .status
+        .success());
+    fill(&d, "sleepy", 100).await;
+    assert!(d.run(&["tenant", "suspend", "sleepy"]).status.success());
+    let (id, db) = tenant_id(&d, "sleepy").await;
+    let before = contents(&d.pg, &db).await;
+
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let admin = bearer(&admin_token());
+    let resp = http
+        .post(format!("{}/admin/v1/tenants/sleepy/move", r.base))
+        .header("authorization", &admin)
+        .json(&json!({"to": "s2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let started: Value = resp.json().await.unwrap();
+    let operation = started["operation"].as_i64().unwrap();
+    let done = wait_for_move(&r.base, operation).await;
+    assert_eq!(done["move"]["status"], "done", "{done}");
+    assert_eq!(done["move"]["phase"], "done");
+    assert_eq!(done["move"]["to"], "s2");
+    assert!(done["move"]["bytes_copied"].as_i64().unwrap() > 0, "{done}");
+
+    assert_eq!(server_of(&d, "sleepy").await, "s2");
+    let after = contents(&s2, &db).await;
+    assert_eq!(
+        (after.0, after.1, &after.2),
+        (before.0, before.1, &before.2)
+    );
+    // Still suspended: the router says so, and the tenant's role cannot reach its new database.
+    let state = d.json(&["tenant", "show", "sleepy"], 0);
+    assert_eq!(state["state"], "suspended");
+    let tasks = http
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", bearer(&token("sleepy", None)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tasks.status(), StatusCode::LOCKED);
+    let can_connect: bool = s2
+        .connect("postgres")
+        .await
+        .query_one(
+            "SELECT has_database_privilege($1, $2, 'CONNECT')",
+            &[&format!("tr_{}", id.simple()), &db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !can_connect,
+        "a suspended tenant's role reaches its moved database"
+    );
+    // Resumed, it works from s2.
+    assert!(d.run(&["tenant", "resume", "sleepy"]).status.success());
+    let resp = http
+        .post(format!("{}/v1/tasks", r.base))
+        .header("authorization", bearer(&token("sleepy", None)))
+        .json(&json!({"agent": "opencode", "title": "back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn moves_to_a_draining_full_same_or_unknown_server_are_refused_and_make_nothing() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "stay", "--server", "s1"])
+        .status
+        .success());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["tenant", "move", "stay", "--to", "s1"],
+            "already on server s1",
+        ),
+        (
+            vec!["tenant", "move", "stay", "--to", "nowhere"],
+            "not registered",
+        ),
+        (
+            vec!["tenant", "move", "ghost", "--to", "s2"],
+            "does not exist",
+        ),
+        (
+            vec![
+                "tenant",
+                "move",
+                "stay",
+                "--to",
+                "s2",
+                "--cutover-timeout",
+                "0s",
+            ],
+            "cutover timeout",
+        ),
+    ];
+    for (args, why) in &cases {
+        let out = d.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    assert!(d.run(&["server", "drain", "s2"]).status.success());
+    let out = d.run(&["tenant", "move", "stay", "--to", "s2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("draining"));
+    d.catalog()
+        .await
+        .execute(
+            "UPDATE servers SET state = 'active', capacity = 1 WHERE name = 's2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(d
+        .run(&["tenant", "create", "filler", "--server", "s2"])
+        .status
+        .success());
+    let out = d.run(&["tenant", "move", "stay", "--to", "s2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full"));
+
+    // Over HTTP: the same reasons, as 4xx.
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    for (body, status) in [
+        (json!({"to": "s2"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"to": "s1"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"to": "nowhere"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"to": "s2", "cutover_timeout_s": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"server": "s2"}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let resp = http
+            .post(format!("{}/admin/v1/tenants/stay/move", r.base))
+            .header("authorization", bearer(&admin_token()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{body}");
+    }
+    let ghost = http
+        .post(format!("{}/admin/v1/tenants/ghost/move", r.base))
+        .header("authorization", bearer(&admin_token()))
+        .json(&json!({"to": "s2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ghost.status(), StatusCode::NOT_FOUND);
+
+    // Nothing was made: no move recorded, only the filler's database on s2.
+    let moves: i64 = d
+        .catalog()
+        .await
+        .query_one("SELECT count(*) FROM moves", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moves, 0);
+    let (rep, dbs, _) = leftovers(&s2).await;
+    assert!(rep.is_empty(), "{rep:?}");
+    let (_, filler_db) = tenant_id(&d, "filler").await;
+    assert_eq!(dbs, BTreeSet::from([filler_db]));
+    assert_eq!(server_of(&d, "stay").await, "s1");
+}
+
+#[tokio::test]
+async fn an_offline_move_refuses_writes_while_it_copies_and_brings_everything() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "quiet", "--plan", "pro", "--server", "s1"])
+        .status
+        .success());
+    fill(&d, "quiet", 300).await;
+    let (_, db) = tenant_id(&d, "quiet").await;
+    let before = contents(&d.pg, &db).await;
+    let r = d.serve(&[]).await;
+    let http = reqwest::Client::new();
+    let t = bearer(&token("quiet", None));
+
+    // Stopped just before the copy: writes are refused with Retry-After, reads go on.
+    let mut cmd = d.cmd(&["tenant", "move", "quiet", "--to", "s2", "--offline"]);
+    cmd.env("TENANTRY_FAULT", "move.copy.before=exit");
+    assert!(!cmd.output().unwrap().status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let resp = http
+            .post(format!("{}/v1/tasks", r.base))
+            .header("authorization", &t)
+            .json(&json!({"agent": "claude", "title": "during"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break resp;
+        }
+        assert!(std::time::Instant::now() < deadline, "writes never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tenant_moving");
+    let read = http
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+
+    // Reconcile undoes it: writes back on s1, nothing on s2.
+    let report = d.json(&["reconcile"], 0);
+    assert_eq!(report["moves"].as_array().unwrap().len(), 1, "{report}");
+    let (rep, dbs, roles) = leftovers(&s2).await;
+    assert!(
+        rep.is_empty() && dbs.is_empty() && roles.is_empty(),
+        "{rep:?} {dbs:?} {roles:?}"
+    );
+    assert_eq!(server_of(&d, "quiet").await, "s1");
+
+    // Now the whole offline move.
+    let moved = d.json(&["tenant", "move", "quiet", "--to", "s2", "--offline"], 0);
+    assert_eq!(moved["status"], "done", "{moved}");
+    assert_eq!(moved["mode"], "offline");
+    assert!(moved["bytes_copied"].as_i64().unwrap() > 0);
+    let after = contents(&s2, &db).await;
+    assert_eq!(
+        (after.0, after.1, &after.2),
+        (before.0, before.1, &before.2)
+    );
+    assert!(after.3 >= before.3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = http
+            .post(format!("{}/v1/tasks", r.base))
+            .header("authorization", &t)
+            .json(&json!({"agent": "claude", "title": "after"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never came back: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_target: i64 = s2
+        .connect(&db)
+        .await
+        .query_one("SELECT count(*) FROM tasks WHERE title = 'after'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_target, 1);
+}
+
+/// A move's ledger steps, online, in order.
+const ONLINE_STEPS: &[&str] = &[
+    "role",
+    "database",
+    "schema",
+    "publication",
+    "subscription",
+    "copy",
+    "block",
+    "catch_up",
+    "sequences",
+    "unsubscribe",
+    "grants",
+    "flip",
+    "retire",
+];
+
+/// The crash matrix of moves: a move killed (process exit) before and after each step,
+/// and one failing with an error at some, then `tenantry reconcile`. Moves killed before
+/// the flip committed are undone (the tenant on s1), later ones finished (on s2); either
+/// way no slot, publication, subscription, database or role is left that should not
+/// be, and every tenant works where the catalog says it is.
+#[tokio::test]
+async fn a_move_killed_at_any_step_is_finished_or_undone_by_reconcile() {
+    let (d, s2) = two_servers().await;
+    let mut expected_on_s2 = BTreeSet::new();
+    let mut slugs = Vec::new();
+    for (i, step) in ONLINE_STEPS.iter().enumerate() {
+        for when in ["before", "after"] {
+            let slug = format!("m-{}-{when}", step.replace('_', "-"));
+            assert!(d
+                .run(&["tenant", "create", &slug, "--server", "s1"])
+                .status
+                .success());
+            fill(&d, &slug, 20).await;
+            let mut cmd = d.cmd(&["tenant", "move", &slug, "--to", "s2"]);
+            cmd.env("TENANTRY_FAULT", format!("move.{step}.{when}=exit"));
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(86),
+                "{slug}: the fault did not fire"
+            );
+            // Reconciled after each crash: a crashed move's subscription keeps one of the
+            // target's few logical replication workers until then.
+            let report = d.json(&["reconcile"], 0);
+            assert_eq!(
+                report["moves"].as_array().unwrap().len(),
+                1,
+                "{slug}: {report}"
+            );
+            let flipped =
+                ONLINE_STEPS[..i].contains(&"flip") || (*step == "flip" && when == "after");
+            if flipped {
+                expected_on_s2.insert(slug.clone());
+            }
+            slugs.push(slug);
+        }
+    }
+    // An error (not a crash) is undone at once, by the move itself.
+    for step in ["subscription", "catch_up", "sequences"] {
+        let slug = format!("e-{}", step.replace('_', "-"));
+        assert!(d
+            .run(&["tenant", "create", &slug, "--server", "s1"])
+            .status
+            .success());
+        let mut cmd = d.cmd(&["--output", "json", "tenant", "move", &slug, "--to", "s2"]);
+        cmd.env("TENANTRY_FAULT", format!("move.{step}.after=error"));
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{slug}");
+        let shown = d.json(&["tenant", "show", &slug], 0);
+        assert_eq!(shown["last_move"]["status"], "undone", "{shown}");
+        assert!(shown["last_move"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected"));
+        slugs.push(slug);
+    }
+
+    let again = d.json(&["reconcile"], 0);
+    assert_eq!(again["moves"], json!([]), "second reconcile: {again}");
+    assert_eq!(again["errors"], json!([]), "second reconcile: {again}");
+    assert_eq!(again["orphan_databases"], json!([]), "{again}");
+    assert_eq!(again["orphan_roles"], json!([]), "{again}");
+
+    let catalog = d.catalog().await;
+    let open: i64 = catalog
+        .query_one(
+            "SELECT (SELECT count(*) FROM operations WHERE status IN ('started', 'failed'))
+                  + (SELECT count(*) FROM moves WHERE status IN ('running', 'failed'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "ledger steps or moves left open");
+
+    let mut on_s2 = BTreeSet::new();
+    let mut s2_dbs = BTreeSet::new();
+    let mut s1_dbs = BTreeSet::new();
+    for slug in &slugs {
+        let (id, db) = tenant_id(&d, slug).await;
+        s1_dbs.insert(db.clone());
+        let port = if server_of(&d, slug).await == "s2" {
+            on_s2.insert(slug.clone());
+            s2_dbs.insert(db.clone());
+            s2.port()
+        } else {
+            d.pg.port()
+        };
+        let c = d
+            .connect_tenant_on(port, id, &db)
+            .await
+            .unwrap_or_else(|e| panic!("{slug} is not usable where the catalog says: {e}"));
+        c.execute(
+            "INSERT INTO tasks (user_id, agent, title) VALUES ('u', 'opencode', 'after')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{slug} cannot write: {e}"));
+    }
+    assert_eq!(on_s2, expected_on_s2);
+    // No replication object anywhere; s2 holds exactly the moved tenants, s1 every
+    // tenant (the moved ones as source copies kept for the retention).
+    let (rep1, dbs1, roles1) = leftovers(&d.pg).await;
+    let (rep2, dbs2, roles2) = leftovers(&s2).await;
+    assert!(rep1.is_empty(), "s1: {rep1:?}");
+    assert!(rep2.is_empty(), "s2: {rep2:?}");
+    assert_eq!(dbs2, s2_dbs);
+    assert_eq!(dbs1, s1_dbs);
+    let as_roles = |dbs: &BTreeSet<String>| -> BTreeSet<String> {
+        dbs.iter().map(|db| db.replacen("t_", "tr_", 1)).collect()
+    };
+    assert_eq!(roles2, as_roles(&s2_dbs));
+    assert_eq!(roles1, as_roles(&s1_dbs));
+}
+
+/// Source copies are kept for the retention, then purged by reconcile; `server remove`
+/// of the source is not held back by them.
+#[tokio::test]
+async fn source_copies_are_purged_when_due_and_never_hold_a_server_back() {
+    let (d, s2) = two_servers().await;
+    for slug in ["one", "two"] {
+        assert!(d
+            .run(&["tenant", "create", slug, "--server", "s2"])
+            .status
+            .success());
+        assert_eq!(
+            d.json(&["tenant", "move", slug, "--to", "s1"], 0)["status"],
+            "done"
+        );
+    }
+    let (_, db_one) = tenant_id(&d, "one").await;
+    assert!(leftovers(&s2).await.1.contains(&db_one));
+    // One copy's retention passes: reconcile purges it, not the other.
+    let catalog = d.catalog().await;
+    catalog
+        .execute(
+            "UPDATE retained_copies SET purge_after = now() - interval '1 minute'
+             WHERE database_name = $1",
+            &[&db_one],
+        )
+        .await
+        .unwrap();
+    let report = d.json(&["reconcile"], 0);
+    assert_eq!(report["purged_copies"], json!(["one"]), "{report}");
+    let (_, dbs, roles) = leftovers(&s2).await;
+    assert_eq!(dbs.len(), 1, "{dbs:?}");
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert!(!dbs.contains(&db_one));
+    // The other copy does not hold s2 back.
+    assert!(d.run(&["server", "drain", "s2"]).status.success());
+    let out = d.run(&["server", "remove", "s2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, dbs, roles) = leftovers(&s2).await;
+    assert!(dbs.is_empty() && roles.is_empty(), "{dbs:?} {roles:?}");
+    // Both tenants still work on s1.
+    for slug in ["one", "two"] {
+        let (id, db) = tenant_id(&d, slug).await;
+        assert!(d.connect_tenant(id, &db).await.is_ok(), "{slug}");
+    }
+}
+
+/// A cutover that misses `--cutover-timeout` gives the source its writes back, fails
+/// saying why, and leaves nothing on the target.
+#[tokio::test]
+async fn a_cutover_past_its_timeout_gives_the_source_its_writes_back() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "slow", "--server", "s1"])
+        .status
+        .success());
+    fill(&d, "slow", 50).await;
+    let mut cmd = d.cmd(&[
+        "tenant",
+        "move",
+        "slow",
+        "--to",
+        "s2",
+        "--cutover-timeout",
+        "1s",
+    ]);
+    // The target is slow to catch up: three seconds, against a timeout of one.
+    cmd.env("TENANTRY_FAULT", "move.catch_up.before=delay");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not finish within 1 s"), "{err}");
+    let shown = d.json(&["tenant", "show", "slow"], 0);
+    assert_eq!(shown["server"], "s1");
+    assert_eq!(shown["last_move"]["status"], "undone", "{shown}");
+    let (rep, dbs, roles) = leftovers(&s2).await;
+    assert!(
+        rep.is_empty() && dbs.is_empty() && roles.is_empty(),
+        "{rep:?} {dbs:?} {roles:?}"
+    );
+    assert!(leftovers(&d.pg).await.0.is_empty());
+    // Writable on the source again, as its own role.
+    let (id, db) = tenant_id(&d, "slow").await;
+    let c = d.connect_tenant(id, &db).await.unwrap();
+    c.execute("INSERT INTO notes (body) VALUES ('after')", &[])
+        .await
+        .unwrap();
+}
