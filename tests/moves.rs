@@ -18,13 +18,7 @@ use tenantry_testkit::TestCluster;
 /// A deployment with two servers: `s1` (the catalog's cluster) and `s2`.
 async fn two_servers() -> (Deployment, TestCluster) {
     let d = Deployment::new().await;
-    let s2 = TestCluster::start();
-    let out = d.run(&["server", "add", "s2", "--url", &s2.url("postgres")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let s2 = d.second_server();
     (d, s2)
 }
 

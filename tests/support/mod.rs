@@ -403,6 +403,18 @@ impl Deployment {
         Router { process, base }
     }
 
+    /// A second server, `s2`, on a cluster of its own.
+    pub fn second_server(&self) -> tenantry_testkit::TestCluster {
+        let s2 = tenantry_testkit::TestCluster::start();
+        let out = self.run(&["server", "add", "s2", "--url", &s2.url("postgres")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s2
+    }
+
     /// Enterprise tenants `load-0` … `load-{n-1}`, made through the library (`tenant
     /// create` per tenant would take a process each).
     pub async fn enterprise_tenants(&self, n: usize) {

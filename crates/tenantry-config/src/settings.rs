@@ -40,6 +40,9 @@ pub struct RouterSettings {
     /// of a higher plan priority go first, at most (0: arrival order). Below
     /// `pool_wait_ms`, so a lower priority is served before its deadline.
     pub priority_max_defer_ms: u64,
+    /// How long a request of a tenant whose move is cutting over waits for the flip
+    /// before it is told to come back (503 `tenant_moving`).
+    pub cutover_hold_ms: u64,
     pub idle_timeout_s: u64,
     pub pool_idle_s: u64,
     pub heartbeat_s: u64,
@@ -395,6 +398,7 @@ impl Settings {
         }
         for (key, value) in [
             ("router.pool_wait_ms", self.router.pool_wait_ms),
+            ("router.cutover_hold_ms", self.router.cutover_hold_ms),
             ("router.pool_connect_ms", self.router.pool_connect_ms),
             ("router.heartbeat_s", self.router.heartbeat_s),
             ("router.usage_flush_ms", self.router.usage_flush_ms),

@@ -67,6 +67,8 @@ pub struct AppState {
     /// The fleet's business figures, refreshed every `router.business_refresh_s`.
     pub business: Arc<business::Business>,
     pub min_schema_version: i32,
+    /// How long a request waits for its tenant's cutover to end (`router.cutover_hold_ms`).
+    pub cutover_hold: Duration,
     pub sql: sql::SqlLimits,
 }
 
@@ -216,6 +218,7 @@ impl AppState {
             meter,
             business,
             min_schema_version: r.min_schema_version,
+            cutover_hold: Duration::from_millis(r.cutover_hold_ms),
             sql: sql::SqlLimits {
                 statement_timeout_ms: r.sql_statement_timeout_ms,
                 row_cap: r.sql_row_cap,

@@ -35,8 +35,19 @@ pub struct Route {
     pub role: String,
     pub password: SecretString,
     pub plan: Plan,
+    /// Whether a move is under way that the router must know of.
+    pub moving: Moving,
+}
+
+/// A move of the tenant, as far as its requests are concerned (`tenants.moving`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moving {
+    No,
     /// An offline move is copying the tenant: its writes are refused, reads go on.
-    pub moving: bool,
+    Offline,
+    /// An online move is cutting over: the source takes nothing, the target not yet;
+    /// requests wait for the flip (`router.cutover_hold_ms` at most).
+    Cutover,
 }
 
 /// A cached answer: the route, or `None` for a slug no live tenant has.
@@ -146,7 +157,7 @@ impl Resolver {
                         t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
                         p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
                         p.pool_size, floor(extract(epoch FROM t.created_at))::int8,
-                        p.price_cents, p.priority, t.moving IS NOT NULL
+                        p.price_cents, p.priority, t.moving
                  FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
                  WHERE t.slug = $1 AND t.state <> 'deleted'",
             )
@@ -197,7 +208,11 @@ impl Resolver {
                 price_cents: r.get::<_, i32>(19) as u32,
                 priority: r.get::<_, i16>(20) as u8,
             },
-            moving: r.get(21),
+            moving: match r.get::<_, Option<&str>>(21) {
+                Some("offline") => Moving::Offline,
+                Some("cutover") => Moving::Cutover,
+                _ => Moving::No,
+            },
         }))
     }
 

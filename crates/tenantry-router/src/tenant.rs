@@ -13,7 +13,7 @@ use tenantry_types::TenantState;
 use uuid::Uuid;
 
 use crate::auth::TenantAuth;
-use crate::resolve::Route;
+use crate::resolve::{Moving, Route};
 use crate::{ApiError, AppState, ErrorCode};
 
 /// Per-tenant request rates, one GCRA limiter per rate (keyed by tenant id). Memory
@@ -69,7 +69,7 @@ impl TenantCtx {
     /// copies the tenant (reads go on).
     pub async fn for_write(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
         let ctx = Self::new(state, auth).await?;
-        if ctx.route.moving {
+        if ctx.route.moving == Moving::Offline {
             return Err(ApiError::new(
                 ErrorCode::TenantMoving,
                 "this tenant is being moved to another server; writes resume when it is there",
@@ -79,9 +79,31 @@ impl TenantCtx {
         Ok(ctx)
     }
 
-    /// Resolves the token's tenant and checks it may be served now.
+    /// Resolves the token's tenant and checks it may be served now. While the tenant's
+    /// move cuts over, the request waits for the catalog's flip (the route changes with
+    /// the NOTIFY), `router.cutover_hold_ms` at most, then is told to come back.
     pub async fn new(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
         tracing::Span::current().record("tenant", auth.tenant.as_str());
+        let mut route = Self::route(&state, &auth).await?;
+        if route.moving == Moving::Cutover {
+            let deadline = tokio::time::Instant::now() + state.cutover_hold;
+            while route.moving == Moving::Cutover {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ApiError::new(
+                        ErrorCode::TenantMoving,
+                        "this tenant is moving to another server and is cutting over; retry shortly",
+                    )
+                    .retry_after(1));
+                }
+                tokio::time::sleep(CUTOVER_POLL).await;
+                route = Self::route(&state, &auth).await?;
+            }
+        }
+        Self::admit(state, auth, route)
+    }
+
+    /// The token's tenant's route (cached, or from the catalog).
+    async fn route(state: &AppState, auth: &TenantAuth) -> Result<Arc<Route>, ApiError> {
         let route = state
             .resolver
             .resolve(&auth.tenant)
@@ -105,6 +127,15 @@ impl TenantCtx {
         auth.claims
             .reaches(route.tenant, route.created_at_s)
             .map_err(|why| ApiError::new(ErrorCode::Unauthorized, why))?;
+        Ok(route)
+    }
+
+    /// Checks the tenant may be served now: its state, its schema version, its rate.
+    fn admit(
+        state: web::Data<AppState>,
+        auth: TenantAuth,
+        route: Arc<Route>,
+    ) -> Result<Self, ApiError> {
         auth.billed.set(route.tenant);
         match route.state {
             TenantState::Ready => {}
@@ -217,6 +248,10 @@ pub fn db_error(e: tokio_postgres::Error) -> ApiError {
 }
 
 pub const SHRINK_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a request held for a cutover looks at its tenant's route again (a cache
+/// read: the NOTIFY of the flip drops the cached route).
+const CUTOVER_POLL: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,10 @@ use crate::{ProvisionError, Provisioner};
 /// How often the copy and the catch-up are looked at.
 const POLL: Duration = Duration::from_millis(200);
 
+/// How long the cutover lets the tenant's statements in flight finish before it ends
+/// their sessions (routers hold new requests meanwhile).
+const IN_FLIGHT: Duration = Duration::from_secs(1);
+
 /// How long the copy waits for the target to start a worker for the subscription.
 const NO_WORKER: Duration = Duration::from_secs(60);
 
@@ -254,8 +258,38 @@ impl Provisioner {
     /// The tenant's writes stop at the source: CONNECT revoked, its sessions ended (an
     /// unfinished transaction rolls back and was never acknowledged).
     async fn block_source(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
+        // Routers hold the tenant's new requests from here to the flip (the NOTIFY of
+        // this update reaches them); the requests in flight get a moment to finish.
+        let catalog = self.catalog.client().await?;
+        catalog
+            .execute(
+                "UPDATE tenants SET moving = 'cutover', generation = generation + 1, updated_at = now()
+                 WHERE id = $1",
+                &[&plan.tenant.info.id],
+            )
+            .await?;
+        drop(catalog);
         let admin = self.admin.get(&plan.source).await?;
         let t = &plan.tenant;
+        let drained = tokio::time::Instant::now() + IN_FLIGHT;
+        while tokio::time::Instant::now() < drained {
+            let active: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND usename = $2 AND state <> 'idle'
+                       AND backend_type = 'client backend'",
+                    &[&t.database.as_str(), &t.role.as_str()],
+                )
+                .await
+                .map_err(|e| {
+                    ProvisionError::server(&plan.source.name, "watch the tenant's sessions", &e)
+                })?
+                .get(0);
+            if active == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         admin
             .batch_execute(&format!(
                 "REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM {role}, PUBLIC",
