@@ -1,9 +1,10 @@
 -- Moving tenants between servers (`tenant move`).
 
--- While an offline move copies a tenant, `moving` is 'offline' and routers refuse its
--- writes (503 tenant_moving, with Retry-After); reads go on. NULL otherwise.
+-- While an offline move copies a tenant, `moving` is 'offline'; during an online move's
+-- cutover (writes blocked at the source), 'cutover'. Either way routers refuse the
+-- tenant's writes (503 tenant_moving, with Retry-After); reads go on. NULL otherwise.
 ALTER TABLE tenants
-    ADD COLUMN moving text CHECK (moving IN ('offline'));
+    ADD COLUMN moving text CHECK (moving IN ('offline', 'cutover'));
 
 -- One row per move: where from and to, how far it got. At most one runs per tenant.
 -- `operation_id` is the ledger row of the move's first step: the id the API and the CLI

@@ -35,7 +35,8 @@ pub struct Route {
     pub role: String,
     pub password: SecretString,
     pub plan: Plan,
-    /// An offline move is copying the tenant: its writes are refused, reads go on.
+    /// A move is copying the tenant offline, or cutting it over: its writes are
+    /// refused, reads go on.
     pub moving: bool,
 }
 

@@ -254,6 +254,10 @@ impl Provisioner {
     /// The tenant's writes stop at the source: CONNECT revoked, its sessions ended (an
     /// unfinished transaction rolls back and was never acknowledged).
     async fn block_source(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
+        // Routers told first (NOTIFY): they answer the tenant's writes 503 tenant_moving
+        // with Retry-After rather than pass them to a source that refuses them. The flip
+        // or the undo clears it.
+        self.mark_moving(plan, "cutover").await?;
         let admin = self.admin.get(&plan.source).await?;
         let t = &plan.tenant;
         admin
