@@ -569,6 +569,48 @@ async fn a_move_killed_at_any_step_is_finished_or_undone_by_reconcile() {
             slugs.push(slug);
         }
     }
+    // Offline moves killed around their own steps: `moving` cleared and the source
+    // writable again when undone.
+    for (point, flipped) in [
+        ("block.after", false),
+        ("copy.before", false),
+        ("copy.after", false),
+        ("flip.after", true),
+    ] {
+        let slug = format!("off-{}", point.replace(['.', '_'], "-"));
+        assert!(d
+            .run(&["tenant", "create", &slug, "--server", "s1"])
+            .status
+            .success());
+        fill(&d, &slug, 20).await;
+        let mut cmd = d.cmd(&["tenant", "move", &slug, "--to", "s2", "--offline"]);
+        cmd.env("TENANTRY_FAULT", format!("move.{point}=exit"));
+        assert_eq!(cmd.output().unwrap().status.code(), Some(86), "{slug}");
+        let out = d.run(&["--output", "json", "reconcile"]);
+        assert!(
+            out.status.success(),
+            "{slug}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["moves"].as_array().unwrap().len(),
+            1,
+            "{slug}: {report}"
+        );
+        if flipped {
+            expected_on_s2.insert(slug.clone());
+        }
+        slugs.push(slug);
+    }
+    let moving: i64 = d
+        .catalog()
+        .await
+        .query_one("SELECT count(*) FROM tenants WHERE moving IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moving, 0, "a tenant still refuses writes");
     // An error (not a crash) is undone at once, by the move itself.
     for step in ["subscription", "catch_up", "sequences"] {
         let slug = format!("e-{}", step.replace('_', "-"));

@@ -65,8 +65,8 @@ pub struct TenantCtx {
 }
 
 impl TenantCtx {
-    /// [`TenantCtx::new`] for a request that writes: refused while an offline move
-    /// copies the tenant (reads go on).
+    /// [`TenantCtx::new`] for a request that writes: refused while a move copies the
+    /// tenant offline (reads go on); a cutover holds it like any request.
     pub async fn for_write(state: web::Data<AppState>, auth: TenantAuth) -> Result<Self, ApiError> {
         let ctx = Self::new(state, auth).await?;
         if ctx.route.moving == Moving::Offline {

@@ -114,10 +114,24 @@ impl Provisioner {
         }
         if database_exists(&admin, db).await.map_err(err)? {
             let client = source.connect(db.as_str()).await?;
-            client
-                .batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}"))
+            let published = client
+                .query_opt(
+                    "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                    &[&name.as_str()],
+                )
                 .await
-                .map_err(|e| ProvisionError::server(&source.name, "drop the publication", &e))?;
+                .map_err(|e| ProvisionError::server(&source.name, "look up the publication", &e))?;
+            if published.is_some() {
+                // An offline move leaves the source copy read-only by default.
+                for sql in [
+                    "SET default_transaction_read_only = off".to_owned(),
+                    format!("DROP PUBLICATION IF EXISTS {name}"),
+                ] {
+                    client.batch_execute(&sql).await.map_err(|e| {
+                        ProvisionError::server(&source.name, "drop the publication", &e)
+                    })?;
+                }
+            }
         }
         Ok(())
     }

@@ -31,14 +31,7 @@ impl Provisioner {
     /// refuse its writes with 503 `tenant_moving`), and its source database turns
     /// read-only for new sessions, its current ones ended.
     async fn block_writes(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
-        let client = self.catalog.client().await?;
-        client
-            .execute(
-                "UPDATE tenants SET moving = 'offline', generation = generation + 1, updated_at = now()
-                 WHERE id = $1",
-                &[&plan.tenant.info.id],
-            )
-            .await?;
+        self.mark_moving(plan, "offline").await?;
         let admin = self.admin.get(&plan.source).await?;
         let t = &plan.tenant;
         admin
@@ -51,6 +44,23 @@ impl Provisioner {
                 ProvisionError::server(&plan.source.name, "make the database read-only", &e)
             })?;
         super::move_online::end_tenant_sessions(&admin, plan).await
+    }
+
+    /// `tenants.moving` set (a new generation, whose NOTIFY reaches every router).
+    pub(crate) async fn mark_moving(
+        &self,
+        plan: &MovePlan,
+        how: &str,
+    ) -> Result<(), ProvisionError> {
+        let client = self.catalog.client().await?;
+        client
+            .execute(
+                "UPDATE tenants SET moving = $2, generation = generation + 1, updated_at = now()
+                 WHERE id = $1",
+                &[&plan.tenant.info.id, &how],
+            )
+            .await?;
+        Ok(())
     }
 
     /// `pg_dump --format=custom <extra>` of the source database piped into `pg_restore`

@@ -259,16 +259,9 @@ impl Provisioner {
     /// unfinished transaction rolls back and was never acknowledged).
     async fn block_source(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         // Routers hold the tenant's new requests from here to the flip (the NOTIFY of
-        // this update reaches them); the requests in flight get a moment to finish.
-        let catalog = self.catalog.client().await?;
-        catalog
-            .execute(
-                "UPDATE tenants SET moving = 'cutover', generation = generation + 1, updated_at = now()
-                 WHERE id = $1",
-                &[&plan.tenant.info.id],
-            )
-            .await?;
-        drop(catalog);
+        // this update reaches them; the flip or the undo clears it); the statements in
+        // flight get a moment to finish.
+        self.mark_moving(plan, "cutover").await?;
         let admin = self.admin.get(&plan.source).await?;
         let t = &plan.tenant;
         let drained = tokio::time::Instant::now() + IN_FLIGHT;
