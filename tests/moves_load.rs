@@ -174,3 +174,63 @@ async fn a_tenant_moved_online_under_load_from_two_routers_loses_no_acknowledged
     assert!(seen.server_errors.is_empty(), "{:?}", seen.server_errors);
     assert!(busy.len() > 5 && bystander.len() > 2);
 }
+
+/// `server evacuate` moves 30 tenants off a server to two others while two routers
+/// serve some of them, loses no acknowledged write, and leaves a server `remove` takes.
+#[tokio::test]
+async fn a_server_of_30_tenants_is_evacuated_under_load_and_then_removed() {
+    let d = Deployment::new().await;
+    d.enterprise_tenants(30).await;
+    let s2 = d.second_server();
+    let s3 = TestCluster::start();
+    d.json(&["server", "add", "s3", "--url", &s3.url("postgres")], 0);
+    let vars = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
+    let (one, two) = (d.serve(&vars).await, d.serve(&vars).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let slugs: Vec<String> = (0..6).map(|i| format!("load-{i}")).collect();
+    let clients = load(
+        &[&one, &two],
+        &slugs,
+        Duration::from_millis(250),
+        stop.clone(),
+        seen.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = d.json(&["server", "evacuate", "s1", "--concurrency", "4"], 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        (report["moved"].as_u64(), report["failed"].as_u64()),
+        (Some(30), Some(0)),
+        "{report}"
+    );
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let clusters = [&d.pg, &s2, &s3];
+    let mut on = HashMap::new();
+    for i in 0..30 {
+        let slug = format!("load-{i}");
+        let ids: Vec<Uuid> = seen
+            .acked
+            .get(&slug)
+            .map(|a| a.iter().map(|x| x.1).collect())
+            .unwrap_or_default();
+        let (lost, server) = missing(&d, &clusters, &slug, &ids).await;
+        assert_eq!(lost, 0, "{slug}: acknowledged writes lost");
+        *on.entry(server).or_insert(0) += 1;
+    }
+    eprintln!(
+        "evacuated in {} s: tenants now per server {on:?}; statuses under load {:?}",
+        report["seconds"], seen.statuses
+    );
+    assert!(!on.contains_key("s1"));
+    assert!(
+        on.get("s2").is_some_and(|n| *n >= 10) && on.get("s3").is_some_and(|n| *n >= 10),
+        "{on:?}"
+    );
+    assert!(seen.server_errors.is_empty(), "{:?}", seen.server_errors);
+    d.json(&["server", "remove", "s1"], 0);
+}

@@ -8,6 +8,7 @@
 //! [`Provisioner::reconcile`] finishes or undoes whatever a crash left half-done.
 
 mod error;
+mod evacuate;
 mod fault;
 mod fleet;
 mod ledger;
@@ -18,6 +19,7 @@ mod templates;
 mod tenants;
 
 pub use error::{ErrorKind, ProvisionError};
+pub use evacuate::{Evacuate, Evacuated, Evacuation, EvacuationProgress};
 pub use fleet::{FleetConnector, MigrationLock};
 pub use reconcile::{Orphan, ReconcileReport};
 pub use servers::{AddServer, ServerInfo};

@@ -64,7 +64,7 @@ pub enum Command {
 }
 
 /// `30s`, `2m`, `1h` or a bare number of seconds.
-fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => s.split_at(i),
         None => (s, "s"),
