@@ -1,6 +1,7 @@
 //! `server evacuate`: drains a server and moves every tenant off it, by the placement
-//! rules, a few at a time, each with [`Provisioner::move_tenant`] (so each move is the
-//! ledger's, crash-safe and undone or finished by reconcile like any other).
+//! rules, a few at a time (one per receiving server), each a [`Provisioner::start_move`]
+//! and [`Provisioner::run_move`] (so each move is the ledger's, crash-safe and undone or
+//! finished by reconcile like any other).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,25 +69,46 @@ impl Provisioner {
         drop(client);
         progress(EvacuationProgress::Total(slugs.len()));
         let progress = Arc::new(progress);
+        // One pick and start at a time: each start records its move, which the next
+        // pick counts.
+        let picking = tokio::sync::Mutex::new(());
         let tenants: Vec<Evacuated> = stream::iter(slugs)
             .map(|slug| {
                 let progress = progress.clone();
                 let cutover_timeout = req.cutover_timeout;
                 let source = source.name.clone();
+                let picking = &picking;
                 async move {
                     let t = Instant::now();
-                    let outcome = match self.evacuation_target(&source).await {
-                        Ok(to) => self
-                            .move_tenant(MoveTenant {
-                                slug: slug.clone(),
-                                to: to.clone(),
-                                offline: false,
-                                cutover_timeout,
-                            })
+                    let started = loop {
+                        let turn = picking.lock().await;
+                        match self.evacuation_target(&source).await {
+                            Ok(Some(to)) => {
+                                let started = self
+                                    .start_move(MoveTenant {
+                                        slug: slug.clone(),
+                                        to: to.clone(),
+                                        offline: false,
+                                        cutover_timeout,
+                                    })
+                                    .await;
+                                break started.map(|s| (to.clone(), s)).map_err(|e| (Some(to), e));
+                            }
+                            // Every server with room is receiving a move: wait for one.
+                            Ok(None) => {
+                                drop(turn);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => break Err((None, e)),
+                        }
+                    };
+                    let outcome = match started {
+                        Ok((to, started)) => self
+                            .run_move(started)
                             .await
                             .map(|_| to.clone())
                             .map_err(|e| (Some(to), e)),
-                        Err(e) => Err((None, e)),
+                        Err(e) => Err(e),
                     };
                     let done = match outcome {
                         Ok(to) => Evacuated {
@@ -121,24 +143,35 @@ impl Provisioner {
         })
     }
 
-    /// The active server other than `source` with room that holds the fewest tenants.
-    async fn evacuation_target(&self, source: &str) -> Result<String, ProvisionError> {
+    /// The active server other than `source` with room (moves on their way to it
+    /// counted) that holds the fewest tenants and receives no move now: one online move
+    /// at a time per server, since each takes logical replication workers there
+    /// (`max_logical_replication_workers`, 4 by default: one per subscription, and the
+    /// table copies besides) and moves that find none wait for ever. `None` when every
+    /// server with room receives a move.
+    async fn evacuation_target(&self, source: &str) -> Result<Option<String>, ProvisionError> {
         let client = self.catalog.client().await?;
         let row = client
             .query_opt(
-                "SELECT s.name FROM servers s
+                "SELECT s.name, m.receiving FROM servers s
                  LEFT JOIN tenants t ON t.server_id = s.id AND t.state <> 'deleted'
+                 CROSS JOIN LATERAL (
+                     SELECT count(*) AS receiving FROM moves
+                     WHERE target_server_id = s.id AND status = 'running'
+                 ) m
                  WHERE s.state = 'active' AND s.name <> $1
-                 GROUP BY s.id HAVING count(t.id) < s.capacity
-                 ORDER BY count(t.id), s.id LIMIT 1",
+                 GROUP BY s.id, m.receiving HAVING count(t.id) + m.receiving < s.capacity
+                 ORDER BY m.receiving > 0, count(t.id) + m.receiving, s.id LIMIT 1",
                 &[&source],
             )
             .await?;
-        row.map(|r| r.get(0)).ok_or_else(|| {
-            ProvisionError::NoCapacity(format!(
+        match row {
+            Some(r) if r.get::<_, i64>(1) == 0 => Ok(Some(r.get(0))),
+            Some(_) => Ok(None),
+            None => Err(ProvisionError::NoCapacity(format!(
                 "no active server other than {source} has room; add one or raise a capacity"
-            ))
-        })
+            ))),
+        }
     }
 }
 

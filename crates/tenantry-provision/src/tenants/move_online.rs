@@ -20,6 +20,9 @@ const POLL: Duration = Duration::from_millis(200);
 /// their sessions (routers hold new requests meanwhile).
 const IN_FLIGHT: Duration = Duration::from_secs(1);
 
+/// How long a copy that shows errors may go without progress before the move fails.
+const ERRORS_FOR: Duration = Duration::from_secs(30);
+
 /// How long the copy waits for the target to start a worker for the subscription.
 const NO_WORKER: Duration = Duration::from_secs(60);
 
@@ -209,6 +212,8 @@ impl Provisioner {
         let target = plan.target.connect(plan.tenant.database.as_str()).await?;
         let source = self.admin.get(&plan.source).await?;
         let mut idle_since = tokio::time::Instant::now();
+        // Since when the copy has shown errors, and how many tables were pending then.
+        let mut failing: Option<(tokio::time::Instant, i64)> = None;
         loop {
             let row = target
                 .query_one(
@@ -243,10 +248,21 @@ impl Provisioner {
                 })?;
             self.set_move(plan.id, "bytes_copied = $2", copied).await?;
             self.set_move(plan.id, "lag_bytes = $2", lag).await?;
+            // PostgreSQL retries a table copy or an apply that failed (a worker slot or a
+            // replication slot short for a moment): errors fail the move only when the
+            // copy has made no progress for ERRORS_FOR since they began.
             if errors > 0 {
-                return Err(ProvisionError::Failed(format!(
-                    "the target could not apply the source's rows ({errors} error(s); its server log says which)"
-                )));
+                let now = tokio::time::Instant::now();
+                match failing {
+                    Some((since, at)) if pending >= at && now - since >= ERRORS_FOR => {
+                        return Err(ProvisionError::Failed(format!(
+                            "the target could not apply the source's rows ({errors} error(s) and no progress for {} s; its server log says which)",
+                            ERRORS_FOR.as_secs()
+                        )));
+                    }
+                    Some((_, at)) if pending >= at => {}
+                    _ => failing = Some((now, pending)),
+                }
             }
             if pending == 0 && lag.is_some_and(|l| l < 16 << 20) {
                 return Ok(());
