@@ -21,6 +21,11 @@ async fn an_operator_runs_a_tenant_through_its_life() {
     }
     assert_eq!(s1["name"], "s1");
     assert_eq!(s1["tenants"], 0);
+    // `server show` says whether tenants can move on and off it online.
+    let shown = d.json(&["server", "show", "s1"], 0);
+    assert_eq!(shown["online_moves"], "yes", "{shown}");
+    let text = String::from_utf8(d.run(&["server", "show", "s1"]).stdout).unwrap();
+    assert!(text.contains("online moves: yes"), "{text}");
 
     let acme = d.json(&["tenant", "create", "acme", "--plan", "pro"], 0);
     for key in [

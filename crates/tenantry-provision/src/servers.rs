@@ -28,6 +28,11 @@ pub struct ServerInfo {
     pub tenants: i64,
     pub host: String,
     pub port: u16,
+    /// `server show` only: whether tenants can move on and off it online (`yes`), or
+    /// not and why (`no: wal_level is replica, not logical`; moves then go offline), or
+    /// `unknown: ` and why (it did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online_moves: Option<String>,
 }
 
 /// Tenants that hold a database on a server: everything but failed and purged ones.
@@ -164,10 +169,28 @@ impl Provisioner {
     }
 
     pub async fn show_server(&self, name: &str) -> Result<ServerInfo, ProvisionError> {
-        self.server_infos(Some(name))
+        let mut info = self
+            .server_infos(Some(name))
             .await?
             .pop()
-            .ok_or_else(|| not_found(name))
+            .ok_or_else(|| not_found(name))?;
+        let row = self
+            .all_servers()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name);
+        if let Some(row) = row {
+            let asked =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.can_replicate(&row))
+                    .await;
+            info.online_moves = Some(match asked {
+                Ok(Ok(None)) => "yes".into(),
+                Ok(Ok(Some(why))) => format!("no: {why}"),
+                Ok(Err(e)) => format!("unknown: {e}"),
+                Err(_) => "unknown: it did not answer within 5 s".into(),
+            });
+        }
+        Ok(info)
     }
 
     async fn server_infos(&self, name: Option<&str>) -> Result<Vec<ServerInfo>, ProvisionError> {
@@ -193,6 +216,7 @@ impl Provisioner {
                 tenants: r.get(4),
                 host: r.get(5),
                 port: r.get::<_, i32>(6) as u16,
+                online_moves: None,
             })
             .collect())
     }

@@ -83,7 +83,13 @@ pub async fn run(cmd: Command, settings: Settings, output: Output) -> Result<(),
             return Ok(());
         }
     };
-    output.print(&info, || servers_table(std::slice::from_ref(&info)));
+    output.print(&info, || {
+        let mut text = servers_table(std::slice::from_ref(&info));
+        if let Some(online) = &info.online_moves {
+            text.push_str(&format!("online moves: {online}\n"));
+        }
+        text
+    });
     Ok(())
 }
 
