@@ -318,7 +318,10 @@ impl Provisioner {
             ProvisionError::server(&plan.source.name, "follow the catch-up", &e)
         };
         let final_lsn: String = admin
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            // The insert position, not the write position: a commit made with
+            // synchronous_commit off (a tenant may set it) is acknowledged before its
+            // WAL is written, and must be waited for all the same.
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .map_err(err)?
             .get(0);
