@@ -86,6 +86,36 @@ fn load(
         .collect()
 }
 
+/// Runs `work` (a CLI command) under [`load`] over `slugs`, a request every 250 ms per
+/// client, with `settle` of load before and after it; what it returned and what the
+/// load saw.
+async fn under_load<T>(
+    routers: &[&Router],
+    slugs: &[String],
+    settle: Duration,
+    work: impl FnOnce() -> T,
+) -> (T, Seen) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let clients = load(
+        routers,
+        slugs,
+        Duration::from_millis(250),
+        stop.clone(),
+        seen.clone(),
+    );
+    tokio::time::sleep(settle).await;
+    // The command blocks: the load goes on in the runtime's other worker meanwhile.
+    let out = tokio::task::block_in_place(work);
+    tokio::time::sleep(settle).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (out, seen)
+}
+
 /// How many of `slug`'s acknowledged writes its database (wherever the catalog says it
 /// is now) lacks; and the server it is on.
 async fn missing(
@@ -127,7 +157,7 @@ fn longest_gap(acks: &[(Instant, Uuid)]) -> Duration {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_moved_online_under_load_from_two_routers_loses_no_acknowledged_write() {
     let d = Deployment::new().await;
     let s2 = d.second_server();
@@ -138,26 +168,13 @@ async fn a_tenant_moved_online_under_load_from_two_routers_loses_no_acknowledged
     d.json(&["server", "activate", "s2"], 0);
     let vars = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
     let (one, two) = (d.serve(&vars).await, d.serve(&vars).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
     // Within enterprise's 600 requests a minute per tenant: two clients of the moving
     // tenant and one of a bystander, a request every 250 ms each.
     let slugs: Vec<String> = ["busy", "busy", "bystander"].map(String::from).to_vec();
-    let clients = load(
-        &[&one, &two],
-        &slugs,
-        Duration::from_millis(250),
-        stop.clone(),
-        seen.clone(),
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let moved = d.json(&["tenant", "move", "busy", "--to", "s2"], 0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let (moved, seen) = under_load(&[&one, &two], &slugs, Duration::from_secs(2), || {
+        d.json(&["tenant", "move", "busy", "--to", "s2"], 0)
+    })
+    .await;
     let clusters = [&d.pg, &s2];
     let busy: Vec<Uuid> = seen.acked["busy"].iter().map(|a| a.1).collect();
     let (lost, server) = missing(&d, &clusters, "busy", &busy).await;
@@ -177,7 +194,7 @@ async fn a_tenant_moved_online_under_load_from_two_routers_loses_no_acknowledged
 
 /// `server evacuate` moves 30 tenants off a server to two others while two routers
 /// serve some of them, loses no acknowledged write, and leaves a server `remove` takes.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_of_30_tenants_is_evacuated_under_load_and_then_removed() {
     let d = Deployment::new().await;
     d.enterprise_tenants(30).await;
@@ -186,29 +203,16 @@ async fn a_server_of_30_tenants_is_evacuated_under_load_and_then_removed() {
     d.json(&["server", "add", "s3", "--url", &s3.url("postgres")], 0);
     let vars = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
     let (one, two) = (d.serve(&vars).await, d.serve(&vars).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let slugs: Vec<String> = (0..6).map(|i| format!("load-{i}")).collect();
-    let clients = load(
-        &[&one, &two],
-        &slugs,
-        Duration::from_millis(250),
-        stop.clone(),
-        seen.clone(),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = d.json(&["server", "evacuate", "s1", "--concurrency", "4"], 0);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    let (report, seen) = under_load(&[&one, &two], &slugs, Duration::from_secs(1), || {
+        d.json(&["server", "evacuate", "s1", "--concurrency", "4"], 0)
+    })
+    .await;
     assert_eq!(
         (report["moved"].as_u64(), report["failed"].as_u64()),
         (Some(30), Some(0)),
         "{report}"
     );
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let clusters = [&d.pg, &s2, &s3];
     let mut on = HashMap::new();
     for i in 0..30 {
