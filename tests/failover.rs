@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use support::routers::bearer;
+use support::routers::{bearer, budget};
 use support::{admin_token, token, Deployment};
 use tenantry_testkit::TestCluster;
 
@@ -99,22 +99,50 @@ async fn routers_and_the_cli_ride_out_a_catalog_failover() {
             let auth = warm[c % 3].clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    match status(&http, &url, &auth).await {
-                        Some(StatusCode::OK) => {
+                    match http.get(&url).header("authorization", &auth).send().await {
+                        Ok(r) if r.status() == StatusCode::OK => {
                             served.fetch_add(1, Ordering::SeqCst);
                         }
-                        other => failures.lock().unwrap().push(other),
+                        Ok(r) => {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            failures.lock().unwrap().push((Some(status), body));
+                        }
+                        Err(e) => failures.lock().unwrap().push((None, e.to_string())),
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             })
         })
         .collect();
+    // Each router's budget on the tenants' server, sampled all along: both keep half of
+    // it. (The outage outlasts three heartbeats: whichever router reaches the new
+    // primary first must not take the other, silent as long, for dead.)
+    let mut shares = Vec::new();
+    for r in &routers {
+        shares.push(budget(&r.base).await.expect("a budget"));
+    }
+    assert_eq!(shares[0], shares[1]);
+    let budgets = Arc::new(Mutex::new(Vec::new()));
+    let sampler = {
+        let (stop, budgets) = (stop.clone(), budgets.clone());
+        let bases: Vec<String> = routers.iter().map(|r| r.base.clone()).collect();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                for base in &bases {
+                    if let Some(b) = budget(base).await {
+                        budgets.lock().unwrap().push(b);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The primary crashes; the standby is promoted a second later.
+    // The primary crashes; the standby is promoted 3.5 s later.
     primary.crash_server();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     standby.promote().await;
     let promoted = Instant::now();
 
@@ -161,6 +189,13 @@ async fn routers_and_the_cli_ride_out_a_catalog_failover() {
     for l in load {
         l.await.unwrap();
     }
+    sampler.await.unwrap();
+    let budgets = budgets.lock().unwrap();
+    assert!(
+        budgets.iter().all(|&b| b == shares[0]),
+        "a router's budget left its half ({}) during the failover: {budgets:?}",
+        shares[0]
+    );
     eprintln!(
         "after the promotion: an uncached tenant served by both routers {cold_after:?}, the admin API {admin_after:?}, the CLI {cli_after:?}; a suspend reached both routers in {suspend_after:?}; {} requests to warm tenants served",
         served.load(Ordering::SeqCst)
@@ -169,7 +204,7 @@ async fn routers_and_the_cli_ride_out_a_catalog_failover() {
     // after its suspend may be 423.
     let failures = failures.lock().unwrap();
     assert!(
-        failures.iter().all(|s| *s == Some(StatusCode::LOCKED)),
+        failures.iter().all(|(s, _)| *s == Some(StatusCode::LOCKED)),
         "warm tenants saw errors during the failover: {failures:?}"
     );
     assert!(served.load(Ordering::SeqCst) > 30);
@@ -268,4 +303,72 @@ async fn a_migration_run_cut_off_by_a_failover_is_finished_by_the_next() {
                 .collect();
         assert_eq!(history, [1, 2], "{slug}: applied once");
     }
+}
+
+/// A catalog outage longer than the route cache's TTL costs the tenants a router knows
+/// nothing (their routes are served as cached while the catalog cannot be read); a
+/// tenant it does not know gets 503; once the catalog is back, every cached route is
+/// read again, so a change made after the outage reaches the router.
+#[tokio::test]
+async fn cached_tenants_outlive_their_ttl_while_the_catalog_is_down() {
+    let mut catalog = TestCluster::start();
+    catalog.create_database("catalog").await;
+    let password = secrecy::ExposeSecret::expose_secret(catalog.password()).to_owned();
+    let catalog_url = format!(
+        "postgres://{}:{password}@127.0.0.1:{}/catalog",
+        catalog.superuser(),
+        catalog.port()
+    );
+    let d = Deployment::with(TestCluster::start(), catalog_url).await;
+    for slug in ["warm", "cold"] {
+        d.json(&["tenant", "create", slug, "--plan", "enterprise"], 0);
+    }
+    let router = d
+        .serve(&[
+            ("TENANTRY__ROUTER__CACHE_TTL_S", "1"),
+            ("TENANTRY__ROUTER__HEARTBEAT_S", "1"),
+        ])
+        .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tasks?limit=1", router.base);
+    let (warm, cold) = (bearer(&token("warm", None)), bearer(&token("cold", None)));
+    assert_eq!(status(&http, &url, &warm).await, Some(StatusCode::OK));
+
+    catalog.stop_server();
+    // Three TTLs later, the warm tenant is still served, again and again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..5 {
+        let answer = http
+            .get(&url)
+            .header("authorization", &warm)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        assert_eq!(status, StatusCode::OK, "{}", answer.text().await.unwrap());
+    }
+    let answer = http
+        .get(&url)
+        .header("authorization", &cold)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tenant_unavailable", "{body}");
+
+    catalog.restart_server();
+    until(
+        "the cold tenant is served",
+        Duration::from_secs(30),
+        || async { status(&http, &url, &cold).await == Some(StatusCode::OK) },
+    )
+    .await;
+    d.json(&["tenant", "suspend", "warm"], 0);
+    until(
+        "the suspend reaches the router",
+        Duration::from_secs(10),
+        || async { status(&http, &url, &warm).await == Some(StatusCode::LOCKED) },
+    )
+    .await;
 }

@@ -143,7 +143,7 @@ impl Metrics {
         let cache = IntGaugeVec::new(
             Opts::new(
                 "tenantry_tenant_cache_lookups_total",
-                "tenant route lookups by result",
+                "tenant route lookups by result (stale: served as cached while the catalog could not be read)",
             ),
             &["result"],
         )
@@ -262,6 +262,9 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.cache
         .with_label_values(&["miss"])
         .set(state.resolver.stats.misses.load(Ordering::Relaxed) as i64);
+    m.cache
+        .with_label_values(&["stale"])
+        .set(state.resolver.stats.stale.load(Ordering::Relaxed) as i64);
     for u in state.pools.usage() {
         let server = u.server.to_string();
         for (kind, n) in [

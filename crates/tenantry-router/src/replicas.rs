@@ -14,7 +14,11 @@
 //!   `tenantry_budget` channel, and every replica beats at once: a joiner gets its share
 //!   within milliseconds, not a heartbeat later;
 //! - a stopped replica's row goes, and its leases with it (a replica that went quiet for
-//!   three heartbeats too: its process is gone, and the server closed its sessions).
+//!   three heartbeats too: its process is gone, and the server closed its sessions) —
+//!   but only a replica that has itself beaten without a break for three heartbeats
+//!   judges the others dead: after a catalog outage or failover every heartbeat is old,
+//!   and the first replica back must not take the leases of the others, which are
+//!   still serving and about to beat again.
 //!
 //! A lone router therefore uses the whole budget, and a join or a death never takes the
 //! sum of the replicas' connections past it (what a replica holds never exceeds its
@@ -57,6 +61,8 @@ pub fn spawn(
         // The first beat was taken at start-up (`AppState::start`).
         let mut next = tokio::time::Instant::now() + every;
         let mut last_call: Option<tokio::time::Instant> = None;
+        // Since when this replica's beats have all gone through.
+        let mut beating_since = Some(tokio::time::Instant::now());
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
@@ -67,7 +73,9 @@ pub fn spawn(
             // is theirs to give back, and asking again before they could is noise.
             let may_call = last_call.is_none_or(|t| t.elapsed() >= every);
             next = tokio::time::Instant::now() + every;
-            match beat(&catalog, &pools, id, every, may_call).await {
+            let since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
+            let may_reap = since.elapsed() >= every * 3;
+            match beat(&catalog, &pools, id, every, may_call, may_reap).await {
                 Ok(beat) => {
                     if beat.called && beat.short {
                         last_call = Some(tokio::time::Instant::now());
@@ -77,6 +85,7 @@ pub fn spawn(
                     }
                 }
                 Err(e) => {
+                    beating_since = None;
                     tracing::warn!(error = %e, "router heartbeat failed; keeping the current budgets");
                 }
             }
@@ -99,13 +108,15 @@ pub struct Beat {
 }
 
 /// One heartbeat: this replica's row refreshed, dead ones removed, leases and budgets
-/// set. `may_call`: whether a shortfall may be told to the others now.
+/// set. `may_call`: whether a shortfall may be told to the others now; `may_reap`:
+/// whether replicas silent for three heartbeats are removed (see the module's notes).
 pub async fn beat(
     catalog: &Catalog,
     pools: &Pools,
     id: Uuid,
     every: Duration,
     may_call: bool,
+    may_reap: bool,
 ) -> Result<Beat, tenantry_catalog::CatalogError> {
     let mut client = catalog.client().await?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "router".into());
@@ -116,13 +127,15 @@ pub async fn beat(
             &[&id, &host],
         )
         .await?;
-    let stale = every.as_secs_f64() * 3.0;
-    client
-        .execute(
-            "DELETE FROM router_replicas WHERE heartbeat_at < now() - make_interval(secs => $1)",
-            &[&stale],
-        )
-        .await?;
+    if may_reap {
+        let stale = every.as_secs_f64() * 3.0;
+        client
+            .execute(
+                "DELETE FROM router_replicas WHERE heartbeat_at < now() - make_interval(secs => $1)",
+                &[&stale],
+            )
+            .await?;
+    }
     let live: i64 = client
         .query_one("SELECT count(*) FROM router_replicas", &[])
         .await?

@@ -3,8 +3,12 @@
 //!
 //! * Concurrent first requests for one tenant load it once (a per-slug load lock).
 //! * The catalog's `tenantry_tenants` NOTIFY drops a changed tenant at once; a TTL is the
-//!   fallback; after the listener reconnects, everything is dropped (notifications may
-//!   have been missed).
+//!   fallback; after the listener reconnects, everything cached is re-read before it is
+//!   used again (notifications may have been missed).
+//! * **Stale if error.** A route past its TTL, or from before the listener reconnected, is
+//!   re-read from the catalog; if the catalog cannot answer, the route is served as it was
+//!   (for up to [`STALE_FOR`] past its TTL), so a catalog failover or outage costs the
+//!   tenants a router knows nothing. A route a notification dropped is never served stale.
 //! * A load that raced with an invalidation is served but not cached, so a stale value
 //!   is never written back.
 //! * Unknown tenants are remembered briefly (a negative cache).
@@ -50,22 +54,49 @@ pub enum Moving {
     Cutover,
 }
 
-/// A cached answer: the route, or `None` for a slug no live tenant has.
-type Cached = Option<Arc<Route>>;
+/// A cached answer: the route, or `None` for a slug no live tenant has; when it was
+/// loaded, and under which listener session (`Resolver::session`).
+#[derive(Clone)]
+struct Entry {
+    route: Option<Arc<Route>>,
+    loaded: Instant,
+    session: u64,
+}
 
-/// Positive answers live `ttl`, negative ones `negative_ttl`.
+/// How long past its TTL a route is kept, to be served only while the catalog cannot
+/// be reached.
+pub const STALE_FOR: Duration = Duration::from_secs(600);
+
+/// Positive answers live `ttl` (and are kept [`STALE_FOR`] longer), negative ones
+/// `negative_ttl`.
 struct Lifetimes {
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<String, Cached> for Lifetimes {
-    fn expire_after_create(&self, _: &String, value: &Cached, _: Instant) -> Option<Duration> {
-        Some(if value.is_some() {
-            self.ttl
+impl Lifetimes {
+    fn of(&self, value: &Entry) -> Duration {
+        if value.route.is_some() {
+            self.ttl + STALE_FOR
         } else {
             self.negative_ttl
-        })
+        }
+    }
+}
+
+impl moka::Expiry<String, Entry> for Lifetimes {
+    fn expire_after_create(&self, _: &String, value: &Entry, _: Instant) -> Option<Duration> {
+        Some(self.of(value))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.of(value))
     }
 }
 
@@ -79,16 +110,22 @@ const LOADING_CAP: u64 = 10_000;
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Routes served past their freshness because the catalog could not be read.
+    pub stale: AtomicU64,
 }
 
 pub struct Resolver {
     catalog: Catalog,
     sealer: Sealer,
-    cache: moka::sync::Cache<String, Cached>,
+    ttl: Duration,
+    cache: moka::sync::Cache<String, Entry>,
     /// One load at a time per slug; an entry left by a cancelled load expires.
     loading: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
     /// Grows with every invalidation; a load that saw it change is not cached.
     epoch: AtomicU64,
+    /// Grows each time the listener listens again: entries of an earlier session are
+    /// re-read before use.
+    session: AtomicU64,
     pub stats: CacheStats,
 }
 
@@ -97,6 +134,7 @@ impl Resolver {
         Self {
             catalog,
             sealer,
+            ttl,
             cache: moka::sync::Cache::builder()
                 .max_capacity(CACHE_CAP)
                 .expire_after(Lifetimes { ttl, negative_ttl })
@@ -106,35 +144,63 @@ impl Resolver {
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
             epoch: AtomicU64::new(0),
+            session: AtomicU64::new(0),
             stats: CacheStats::default(),
         }
     }
 
-    /// The cached answer, if fresh. No map guard outlives this call.
-    pub fn cached(&self, slug: &str) -> Option<Option<Arc<Route>>> {
-        self.cache.get(slug)
+    /// The cached entry and whether it is fresh. No map guard outlives this call.
+    fn cached(&self, slug: &str) -> Option<(Entry, bool)> {
+        let entry = self.cache.get(slug)?;
+        let fresh = entry.session == self.session.load(Ordering::Relaxed)
+            && (entry.route.is_none() || entry.loaded.elapsed() < self.ttl);
+        Some((entry, fresh))
     }
 
-    /// The tenant's route; `None` when no live tenant has that slug.
+    /// The tenant's route; `None` when no live tenant has that slug. A route that is no
+    /// longer fresh is re-read, and served as it was if the catalog cannot answer.
     pub async fn resolve(&self, slug: &str) -> Result<Option<Arc<Route>>, CatalogError> {
-        if let Some(hit) = self.cached(slug) {
+        if let Some((hit, true)) = self.cached(slug) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+            return Ok(hit.route);
         }
         let lock = self
             .loading
             .get_with(slug.to_owned(), || Arc::new(tokio::sync::Mutex::new(())));
         let _loading = lock.lock().await;
-        if let Some(hit) = self.cached(slug) {
-            // Another request loaded it while we waited.
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
-        }
+        let stale = match self.cached(slug) {
+            Some((hit, true)) => {
+                // Another request loaded it while we waited.
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.route);
+            }
+            Some((old, false)) => old.route,
+            None => None,
+        };
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let route = self.load(slug).await?.map(Arc::new);
+        let session = self.session.load(Ordering::SeqCst);
+        let loaded = Instant::now();
+        let route = match self.load(slug).await {
+            Ok(route) => route.map(Arc::new),
+            Err(e) => {
+                return match stale {
+                    Some(route) => {
+                        self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "catalog unreadable; serving the route as cached");
+                        Ok(Some(route))
+                    }
+                    None => Err(e),
+                };
+            }
+        };
         if self.epoch.load(Ordering::SeqCst) == epoch {
-            self.cache.insert(slug.to_owned(), route.clone());
+            let entry = Entry {
+                route: route.clone(),
+                loaded,
+                session,
+            };
+            self.cache.insert(slug.to_owned(), entry);
         }
         Ok(route)
     }
@@ -144,9 +210,12 @@ impl Resolver {
         self.cache.invalidate(slug);
     }
 
-    pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate_all();
+    /// Everything cached is re-read before its next use (served as it was only if the
+    /// catalog cannot answer then).
+    /// (A load under way keeps its earlier session: it is cached, but read again before
+    /// its next use.)
+    pub fn revalidate_all(&self) {
+        self.session.fetch_add(1, Ordering::SeqCst);
     }
 
     async fn load(&self, slug: &str) -> Result<Option<Route>, CatalogError> {
@@ -218,8 +287,8 @@ impl Resolver {
 
     /// Listens for tenant changes on the catalog until the task is aborted: each
     /// notification drops that slug; a lost connection is made again with backoff (reset
-    /// once listening again), and everything cached is dropped once it listens again
-    /// (until then, cached routes keep serving within their TTL). (A changed tenant's pool is replaced when its
+    /// once listening again), and everything cached is re-read once it listens again
+    /// (until then, cached routes keep serving). (A changed tenant's pool is replaced when its
     /// next request brings a route of a newer generation.)
     /// The same connection listens on [`crate::replicas::BUDGET_CHANNEL`] and wakes
     /// `budget_called` for each call.
@@ -247,7 +316,7 @@ impl Resolver {
 
 /// The longest pause between two attempts to listen again: after a catalog failover,
 /// tenant changes reach this router again at most this long after the new primary
-/// takes connections (and everything cached is dropped then).
+/// takes connections (and everything cached is re-read then).
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Listens until the connection ends; returns why. `listened` is set once LISTEN took.
@@ -292,7 +361,7 @@ async fn listen(
     }
     *listened = true;
     // Anything may have changed while we were not listening.
-    resolver.invalidate_all();
+    resolver.revalidate_all();
     // And the budgets may have been re-split.
     budget_called.notify_one();
     while let Some((budget, payload)) = rx.recv().await {
