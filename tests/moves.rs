@@ -164,6 +164,17 @@ async fn an_online_move_brings_every_row_and_the_router_serves_it_from_the_targe
         (before.0, before.1, &before.2)
     );
     assert!(after.3 >= before.3, "sequence {} < {}", after.3, before.3);
+    // Every index and constraint, though the secondary indexes were built after the copy.
+    let indexes = "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'";
+    let on_source = names(&d.pg.connect(&db).await, indexes).await;
+    assert!(on_source.len() >= 4, "{on_source:?}");
+    assert_eq!(names(&s2.connect(&db).await, indexes).await, on_source);
+    let constraints = "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+                       WHERE connamespace = 'public'::regnamespace";
+    assert_eq!(
+        names(&s2.connect(&db).await, constraints).await,
+        names(&d.pg.connect(&db).await, constraints).await
+    );
 
     // Nothing of the replication is left; the source copy stays for the retention.
     assert!(
@@ -298,16 +309,27 @@ async fn a_suspended_tenant_moves_over_the_admin_api_and_stays_suspended() {
         !can_connect,
         "a suspended tenant's role reaches its moved database"
     );
-    // Resumed, it works from s2.
+    // Resumed, it works from s2 (once the resume's NOTIFY has reached the router).
     assert!(d.run(&["tenant", "resume", "sleepy"]).status.success());
-    let resp = http
-        .post(format!("{}/v1/tasks", r.base))
-        .header("authorization", bearer(&token("sleepy", None)))
-        .json(&json!({"agent": "opencode", "title": "back"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resumed = std::time::Instant::now();
+    loop {
+        let resp = http
+            .post(format!("{}/v1/tasks", r.base))
+            .header("authorization", bearer(&token("sleepy", None)))
+            .json(&json!({"agent": "opencode", "title": "back"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::LOCKED);
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "the resume never reached the router"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -518,6 +540,7 @@ const ONLINE_STEPS: &[&str] = &[
     "publication",
     "subscription",
     "copy",
+    "indexes",
     "block",
     "catch_up",
     "sequences",

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use tenantry_bench::{Deployment, Ratio, Report, Summary};
+use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_provision::{AddServer, CreateTenant, MoveTenant};
 use tenantry_router::auth::{issue_hs256, Claims};
 use tenantry_router::{AppState, RouterOptions};
@@ -22,6 +22,8 @@ use uuid::Uuid;
 const ROWS: i64 = 90_000;
 /// One write every this long.
 const WRITE_EVERY: Duration = Duration::from_millis(10);
+/// Rounds of baseline, online move and offline move.
+const ROUNDS: usize = 5;
 
 /// Acknowledged writes: when, and which task.
 type Acks = Arc<Mutex<Vec<(Instant, Uuid)>>>;
@@ -170,10 +172,6 @@ async fn run() -> Report {
         .unwrap()
         .get(0);
 
-    // The baseline: a bare dump and restore of the same database onto the other server.
-    b.create_database("baseline_copy").await;
-    let baseline = dump_and_restore(&a, &b, &info.database, "baseline_copy");
-
     let (state, background) = AppState::start(
         &d.settings,
         d.catalog.clone(),
@@ -218,106 +216,209 @@ async fn run() -> Report {
     let url = format!("http://{}/v1/tasks", router.addr);
     let auth = format!("Bearer {token}");
 
-    // Online to b, then offline back to a, each under the writer.
-    let mut figures = Vec::new();
-    for (to, offline, target) in [("b", false, &b), ("bench", true, &a)] {
-        let acks: Acks = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let w = writer(url.clone(), auth.clone(), stop.clone(), acks.clone());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let started = Instant::now();
-        let moved = d
-            .provisioner
-            .move_tenant(MoveTenant {
-                slug: "big".into(),
-                to: to.into(),
-                offline,
-                cutover_timeout: Duration::from_secs(30),
-            })
+    // Each round, alternating: the baseline (a bare dump and restore of the tenant's
+    // database onto b), the online move to b, the offline move back to a, each move
+    // under the writer.
+    let mut rounds: Vec<Round> = Vec::new();
+    for round in 0..ROUNDS {
+        let copy = format!("baseline_copy_{round}");
+        b.create_database(&copy).await;
+        let baseline = dump_and_restore(&a, &b, &info.database, &copy);
+        b.connect("postgres")
+            .await
+            .batch_execute(&format!("DROP DATABASE {copy}"))
             .await
             .unwrap();
-        let took = started.elapsed();
-        let ended = Instant::now();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::SeqCst);
-        let refused = w.await.unwrap();
-        let acks = acks.lock().unwrap().clone();
-        let pause = longest_gap(&acks, started, ended);
-        let database = d.provisioner.show_tenant("big").await.unwrap().database;
-        let ids: Vec<Uuid> = acks.iter().map(|a| a.1).collect();
-        let lost = lost(target, &database, &ids).await;
-        eprintln!("{} move: {took:?}, pause {pause:?}, {} acknowledged, {refused} refused, {lost} lost ({})", if offline { "offline" } else { "online" }, ids.len(), moved.phase);
-        figures.push((offline, took, pause, ids.len(), refused, lost));
+        let mut moves = Vec::new();
+        for (to, offline, target) in [("b", false, &b), ("bench", true, &a)] {
+            let before: i64 = d
+                .catalog
+                .client()
+                .await
+                .unwrap()
+                .query_one("SELECT coalesce(max(id), 0) FROM operations", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let acks: Acks = Arc::default();
+            let stop = Arc::new(AtomicBool::new(false));
+            let w = writer(url.clone(), auth.clone(), stop.clone(), acks.clone());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let started = Instant::now();
+            let moved = d
+                .provisioner
+                .move_tenant(MoveTenant {
+                    slug: "big".into(),
+                    to: to.into(),
+                    offline,
+                    cutover_timeout: Duration::from_secs(30),
+                })
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            let ended = Instant::now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Ordering::SeqCst);
+            let refused = w.await.unwrap();
+            let acks = acks.lock().unwrap().clone();
+            let pause = longest_gap(&acks, started, ended);
+            let database = d.provisioner.show_tenant("big").await.unwrap().database;
+            let ids: Vec<Uuid> = acks.iter().map(|a| a.1).collect();
+            let lost = lost(target, &database, &ids).await;
+            let steps: Vec<(String, f64)> = d
+                .catalog
+                .client()
+                .await
+                .unwrap()
+                .query(
+                    "SELECT step, extract(epoch FROM finished_at - started_at)::float8
+                     FROM operations WHERE kind = 'move' AND id > $1 AND finished_at IS NOT NULL
+                     ORDER BY id",
+                    &[&before],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            eprintln!(
+                "round {round}: baseline {baseline:?}; {} move: {took:?}, pause {pause:?}, {} acknowledged, {refused} refused, {lost} lost ({})",
+                if offline { "offline" } else { "online" },
+                ids.len(),
+                moved.phase
+            );
+            moves.push(Move {
+                took,
+                pause,
+                acknowledged: ids.len(),
+                refused,
+                lost,
+                steps,
+            });
+        }
+        let offline = moves.pop().unwrap();
+        let online = moves.pop().unwrap();
+        rounds.push(Round {
+            baseline,
+            online,
+            offline,
+        });
     }
     handle.stop(true).await;
     background.stop().await;
 
-    let (online, offline) = (figures[0], figures[1]);
+    let secs = |f: &dyn Fn(&Round) -> Duration| -> Vec<f64> {
+        rounds.iter().map(|r| f(r).as_secs_f64()).collect()
+    };
+    let baseline = secs(&|r| r.baseline);
+    let online = secs(&|r| r.online.took);
+    let offline = secs(&|r| r.offline.took);
+    let online_pause = secs(&|r| r.online.pause);
+    let offline_pause = secs(&|r| r.offline.pause);
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    // Where the online move's time goes: each step's median over the rounds.
+    let mut step_names: Vec<String> = Vec::new();
+    for (name, _) in &rounds[0].online.steps {
+        if !step_names.contains(name) {
+            step_names.push(name.clone());
+        }
+    }
+    let breakdown: Vec<String> = step_names
+        .iter()
+        .map(|name| {
+            let mut ms: Vec<f64> = rounds
+                .iter()
+                .map(|r| {
+                    r.online
+                        .steps
+                        .iter()
+                        .filter(|(n, _)| n == name)
+                        .map(|(_, s)| s * 1000.0)
+                        .sum()
+                })
+                .collect();
+            format!("{name} {} ms", spread(&mut ms))
+        })
+        .collect();
+    let count = |f: &dyn Fn(&Round) -> usize| -> usize { rounds.iter().map(f).sum() };
     let notes = vec![
         format!(
-            "one enterprise tenant of {:.0} MB ({ROWS} tasks of about 1 KB), two throwaway clusters on this machine; a client writes a task through the router every {} ms during each move and retries what is refused",
+            "one enterprise tenant of {:.0} MB ({ROWS} tasks of about 1 KB), two throwaway clusters on this machine; a client writes a task through the router every {} ms during each move and retries what is refused; {ROUNDS} rounds, each: the baseline, the online move to b, the offline move back",
             size as f64 / 1e6,
             WRITE_EVERY.as_millis()
         ),
         format!(
-            "baseline: pg_dump -Fc | pg_restore of the same database onto the other server: {:.2} s",
-            baseline.as_secs_f64()
+            "baseline: pg_dump -Fc | pg_restore of the same database onto the other server: {} s",
+            spread(&mut baseline.clone())
         ),
         format!(
-            "online move (to b): {:.2} s; longest gap between acknowledged writes {:.0} ms; {} writes acknowledged, {} refused, {} lost",
-            online.1.as_secs_f64(),
-            online.2.as_secs_f64() * 1000.0,
-            online.3,
-            online.4,
-            online.5
+            "online move (to b): {} s; longest gap between acknowledged writes {} ms; {} writes acknowledged, {} refused, {} lost in all",
+            spread(&mut online.clone()),
+            spread(&mut online_pause.iter().map(|s| s * 1000.0).collect::<Vec<_>>()),
+            count(&|r| r.online.acknowledged),
+            count(&|r| r.online.refused),
+            count(&|r| r.online.lost as usize)
         ),
+        format!("online move's steps (median [range]): {}", breakdown.join(", ")),
         format!(
-            "offline move (back): {:.2} s; longest gap between acknowledged writes {:.0} ms; {} writes acknowledged, {} refused, {} lost",
-            offline.1.as_secs_f64(),
-            offline.2.as_secs_f64() * 1000.0,
-            offline.3,
-            offline.4,
-            offline.5
+            "offline move (back): {} s; longest gap between acknowledged writes {} ms; {} writes acknowledged, {} refused, {} lost in all",
+            spread(&mut offline.clone()),
+            spread(&mut offline_pause.iter().map(|s| s * 1000.0).collect::<Vec<_>>()),
+            count(&|r| r.offline.acknowledged),
+            count(&|r| r.offline.refused),
+            count(&|r| r.offline.lost as usize)
         ),
     ];
-    let summary = |name: &str, d: Duration| Summary::new(name, &[d], Duration::ZERO);
+    let summary = |name: &str, v: &[f64]| {
+        let samples: Vec<Duration> = v.iter().map(|s| Duration::from_secs_f64(*s)).collect();
+        Summary::new(name, &samples, Duration::ZERO)
+    };
+    let lost_in_all = rounds
+        .iter()
+        .map(|r| (r.online.lost + r.offline.lost) as f64)
+        .collect::<Vec<_>>();
     Report {
         name: "move".into(),
         notes,
         scenarios: vec![
-            summary("baseline: pg_dump | pg_restore", baseline),
-            summary("online move, total", online.1),
-            summary("online move, write pause", online.2),
-            summary("offline move, total", offline.1),
-            summary("offline move, write pause", offline.2),
+            summary("baseline: pg_dump | pg_restore", &baseline),
+            summary("online move, total", &online),
+            summary("online move, write pause", &online_pause),
+            summary("offline move, total", &offline),
+            summary("offline move, write pause", &offline_pause),
         ],
         ratios: vec![
-            Ratio {
-                name: "online move / dump and restore (time)".into(),
-                value: online.1.as_secs_f64() / baseline.as_secs_f64(),
-                meaning: "goal ≤ 1.5".into(),
-                ..Default::default()
-            },
-            Ratio {
-                name: "online write pause (s)".into(),
-                value: online.2.as_secs_f64(),
-                meaning: "goal ≤ 1 s".into(),
-                ..Default::default()
-            },
-            Ratio {
-                name: "offline move / dump and restore (time)".into(),
-                value: offline.1.as_secs_f64() / baseline.as_secs_f64(),
-                meaning: "writes refused meanwhile".into(),
-                ..Default::default()
-            },
-            Ratio {
-                name: "writes lost".into(),
-                value: (online.5 + offline.5) as f64,
-                meaning: "must be 0".into(),
-                ..Default::default()
-            },
+            Ratio::of_rounds(
+                "online move / dump and restore (time)",
+                &ratio(&online, &baseline),
+                "goal ≤ 1.5",
+            ),
+            Ratio::of_rounds("online write pause (s)", &online_pause, "goal ≤ 1 s"),
+            Ratio::of_rounds(
+                "offline move / dump and restore (time)",
+                &ratio(&offline, &baseline),
+                "writes refused meanwhile",
+            ),
+            Ratio::of_rounds("writes lost", &lost_in_all, "must be 0"),
         ],
     }
+}
+
+/// One move as the writer saw it, and its ledger steps (name, seconds).
+struct Move {
+    took: Duration,
+    pause: Duration,
+    acknowledged: usize,
+    refused: usize,
+    lost: i64,
+    steps: Vec<(String, f64)>,
+}
+
+struct Round {
+    baseline: Duration,
+    online: Move,
+    offline: Move,
 }
 
 fn main() {

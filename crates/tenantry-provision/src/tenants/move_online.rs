@@ -1,7 +1,15 @@
 //! The online move: logical replication from the source database to a new one on the
 //! target, then a short cutover. Steps (ledger kind `move`): `role`, `database`,
-//! `schema`, `publication`, `subscription`, `copy`, `block`, `catch_up`, `sequences`,
-//! `unsubscribe`, `flip`. The steps shared with the offline move live here too.
+//! `schema`, `publication`, `subscription`, `copy`, `indexes`, `block`, `catch_up`,
+//! `sequences`, `unsubscribe`, `flip`. The steps shared with the offline move live here
+//! too.
+//!
+//! Like `pg_restore`, the copy fills tables without their secondary indexes (those that
+//! back no constraint and are no replica identity), and builds them once the rows are
+//! in: a table's rows arrive in one `COPY`, and inserting each into every index costs
+//! far more than sorting once. The keys stay, for replicated updates and deletes find
+//! their rows by them. A move stopped before the indexes are built is undone (its target
+//! database dropped), so no tenant is ever served from a database missing an index.
 
 use std::time::Duration;
 
@@ -14,7 +22,10 @@ use super::role::ensure_role;
 use crate::{ProvisionError, Provisioner};
 
 /// How often the copy and the catch-up are looked at.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(25);
+
+/// How often the progress seen is written to the move's row.
+const REPORT: Duration = Duration::from_millis(500);
 
 /// How long the cutover lets the tenant's statements in flight finish before it ends
 /// their sessions (routers hold new requests meanwhile).
@@ -35,7 +46,8 @@ impl Provisioner {
             .await?;
         self.move_step(plan, "subscription", self.subscribe(plan))
             .await?;
-        self.move_step(plan, "copy", self.wait_for_copy(plan))
+        self.move_step(plan, "copy", self.follow(plan)).await?;
+        self.move_step(plan, "indexes", self.build_indexes(plan))
             .await?;
         // From here the tenant's writes are blocked at the source; a cutover that misses
         // its timeout gives them back (the undo does).
@@ -146,7 +158,53 @@ impl Provisioner {
         }
         self.dump_into_target(plan, &["--schema-only"], None)
             .await?;
+        // The secondary indexes go until the rows are in (`build_indexes`).
+        let target = plan.target.connect(plan.tenant.database.as_str()).await?;
+        for (index, _) in deferred_indexes(&target)
+            .await
+            .map_err(|e| ProvisionError::server(&plan.target.name, "list the indexes", &e))?
+        {
+            // `index` is quoted by format('%I.%I') on the server.
+            target
+                .batch_execute(&format!("DROP INDEX {index}"))
+                .await
+                .map_err(|e| {
+                    ProvisionError::server(
+                        &plan.target.name,
+                        "defer an index to after the copy",
+                        &e,
+                    )
+                })?;
+        }
         Ok(())
+    }
+
+    /// Builds on the target the secondary indexes the source has and the target lacks
+    /// (as the source defines them), then follows until the lag is small again (the
+    /// builds held the subscription's writes back).
+    async fn build_indexes(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
+        let db = plan.tenant.database.as_str();
+        let source = plan.source.connect(db).await?;
+        let target = plan.target.connect(db).await?;
+        let want = deferred_indexes(&source)
+            .await
+            .map_err(|e| ProvisionError::server(&plan.source.name, "list the indexes", &e))?;
+        let have: std::collections::HashSet<String> = deferred_indexes(&target)
+            .await
+            .map_err(|e| ProvisionError::server(&plan.target.name, "list the indexes", &e))?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for (name, definition) in want {
+            if have.contains(&name) {
+                continue;
+            }
+            // The source's own `pg_get_indexdef`: names quoted by the server.
+            target.batch_execute(&definition).await.map_err(|e| {
+                ProvisionError::server(&plan.target.name, "build an index after the copy", &e)
+            })?;
+        }
+        self.follow(plan).await
     }
 
     async fn publish(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
@@ -207,11 +265,12 @@ impl Provisioner {
 
     /// Waits until every table's initial copy is done and the target follows closely,
     /// recording the bytes copied and the lag as it goes.
-    async fn wait_for_copy(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
+    async fn follow(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let name = plan.replication_name();
         let target = plan.target.connect(plan.tenant.database.as_str()).await?;
         let source = self.admin.get(&plan.source).await?;
         let mut idle_since = tokio::time::Instant::now();
+        let mut reported: Option<tokio::time::Instant> = None;
         // Since when the copy has shown errors, and how many tables were pending then.
         let mut failing: Option<(tokio::time::Instant, i64)> = None;
         loop {
@@ -246,8 +305,12 @@ impl Provisioner {
                 .map_err(|e| {
                     ProvisionError::server(&plan.source.name, "read the replication lag", &e)
                 })?;
-            self.set_move(plan.id, "bytes_copied = $2", copied).await?;
-            self.set_move(plan.id, "lag_bytes = $2", lag).await?;
+            let done = pending == 0 && lag.is_some_and(|l| l < 16 << 20);
+            if done || reported.is_none_or(|t| t.elapsed() >= REPORT) {
+                reported = Some(tokio::time::Instant::now());
+                self.set_move(plan.id, "bytes_copied = $2", copied).await?;
+                self.set_move(plan.id, "lag_bytes = $2", lag).await?;
+            }
             // PostgreSQL retries a table copy or an apply that failed (a worker slot or a
             // replication slot short for a moment): errors fail the move only when the
             // copy has made no progress for ERRORS_FOR since they began.
@@ -264,7 +327,7 @@ impl Provisioner {
                     _ => failing = Some((now, pending)),
                 }
             }
-            if pending == 0 && lag.is_some_and(|l| l < 16 << 20) {
+            if done {
                 return Ok(());
             }
             tokio::time::sleep(POLL).await;
@@ -325,6 +388,17 @@ impl Provisioner {
             .await
             .map_err(err)?
             .get(0);
+        // The WAL sender decodes only flushed WAL, and with synchronous_commit off the
+        // WAL writer flushes every wal_writer_delay (200 ms by default): a transaction
+        // committed synchronously flushes everything before it now.
+        admin
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = on;
+                 SELECT pg_logical_emit_message(true, 'tenantry', 'cutover'); COMMIT",
+            )
+            .await
+            .map_err(err)?;
+        let mut reported: Option<tokio::time::Instant> = None;
         loop {
             let row = admin
                 .query_opt(
@@ -339,12 +413,15 @@ impl Provisioner {
                     ProvisionError::Failed("the move's replication slot is gone".into())
                 })?;
             let (done, lag): (Option<bool>, Option<i64>) = (row.get(0), row.get(1));
-            self.set_move(plan.id, "lag_bytes = $2", lag.map(|l| l.max(0)))
-                .await?;
             if done == Some(true) {
                 return Ok(final_lsn);
             }
-            tokio::time::sleep(POLL / 4).await;
+            if reported.is_none_or(|t| t.elapsed() >= REPORT) {
+                reported = Some(tokio::time::Instant::now());
+                self.set_move(plan.id, "lag_bytes = $2", lag.map(|l| l.max(0)))
+                    .await?;
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -465,6 +542,30 @@ impl Provisioner {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The database's secondary indexes, as `(schema.name, CREATE INDEX …)`: those that
+/// back no constraint and are not the replica identity, outside the system schemas.
+async fn deferred_indexes(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE NOT i.indisprimary AND NOT i.indisreplident
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%'
+             ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// Ends the tenant's client sessions on the source (an unfinished transaction rolls
