@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -45,7 +45,7 @@ impl Fleet {
             .unwrap();
         tenant_locks_released(&d).await;
         let templates = d.home.path().join("templates");
-        copy_dir(
+        support::copy_dir(
             &support::templates_dir().join("tasks"),
             &templates.join("tasks"),
         );
@@ -145,14 +145,6 @@ impl Fleet {
                 .await
                 .unwrap();
         }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
 

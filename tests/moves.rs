@@ -803,3 +803,94 @@ async fn a_cutover_past_its_timeout_gives_the_source_its_writes_back() {
         .await
         .unwrap();
 }
+
+/// A migration run that meets a tenant in the middle of a move waits for the move (both
+/// take the tenant's lock), then migrates the tenant where it now lives: never the
+/// source while it replicates (a schema change there would stop the subscription), and
+/// never the copy the move left behind.
+#[tokio::test]
+async fn a_migration_run_waits_for_a_move_and_migrates_the_tenant_where_it_landed() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "acme", "--plan", "pro", "--server", "s1"])
+        .status
+        .success());
+    fill(&d, "acme", 100).await;
+    let (_, db) = tenant_id(&d, "acme").await;
+    let templates = d.home.path().join("templates");
+    support::copy_dir(
+        &support::templates_dir().join("tasks"),
+        &templates.join("tasks"),
+    );
+    std::fs::write(
+        templates.join("tasks").join("V2__tags.sql"),
+        "ALTER TABLE tasks ADD COLUMN tags text[];",
+    )
+    .unwrap();
+
+    // The move stalls for three seconds before its copy, holding the tenant's lock.
+    let mut cmd = d.cmd(&["--output", "json", "tenant", "move", "acme", "--to", "s2"]);
+    cmd.env("TENANTRY_FAULT", "move.copy.before=delay");
+    let mover = support::Running::spawn(cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let phase: Option<String> = d
+            .catalog()
+            .await
+            .query_opt("SELECT phase FROM moves ORDER BY id DESC LIMIT 1", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if phase.as_deref() == Some("copy") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never reached its copy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = d.json(
+        &["--templates", templates.to_str().unwrap(), "migrate", "run"],
+        0,
+    );
+    let (status, stdout, stderr) = mover.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stdout} {stderr}");
+    let moved: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(moved["status"], "done", "{moved}");
+
+    // The run migrated the tenant after the move, on s2; the copy left on s1 never saw V2.
+    assert_eq!(run["tenants"][0]["status"], "ok", "{run}");
+    assert_eq!(run["tenants"][0]["server"], "s2", "{run}");
+    assert_eq!(server_of(&d, "acme").await, "s2");
+    let has_tags = |c: tokio_postgres::Client| async move {
+        c.query_one(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = 'tasks' AND column_name = 'tags'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    };
+    assert!(
+        has_tags(s2.connect(&db).await).await,
+        "V2 is not on the target"
+    );
+    assert!(
+        !has_tags(d.pg.connect(&db).await).await,
+        "V2 reached the source copy"
+    );
+    let version: i32 = d
+        .catalog()
+        .await
+        .query_one(
+            "SELECT schema_version FROM tenants WHERE slug = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+}

@@ -27,6 +27,15 @@ pub fn tenantry(cwd: &Path, env: &str) -> Command {
 }
 
 /// The repository's tenant templates.
+/// Copies the files of one folder into another (made if missing).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 pub fn templates_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
 }

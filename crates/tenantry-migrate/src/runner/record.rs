@@ -168,18 +168,26 @@ impl<C: Connector> Run<C> {
     }
 }
 
-/// The tenant's recorded version, and the file (version, tenant-database transaction)
-/// a runner was committing when it last stopped without recording it, if any.
-pub(super) async fn recorded(
-    catalog: &Catalog,
-    tenant: Uuid,
-) -> Result<(i32, Option<(i32, i64)>), RunError> {
+/// What the catalog says of a tenant now, read under its lock.
+pub(super) struct Recorded {
+    /// Its recorded schema version.
+    pub version: i32,
+    /// The file (version, tenant-database transaction) a runner was committing when it
+    /// last stopped without recording it, if any.
+    pub intent: Option<(i32, i64)>,
+    /// The server it lives on now (a move may have changed it since the run's plan).
+    pub server_id: i64,
+    pub server: String,
+}
+
+pub(super) async fn recorded(catalog: &Catalog, tenant: Uuid) -> Result<Recorded, RunError> {
     let row = catalog
         .client()
         .await?
         .query_one(
-            "SELECT t.schema_version, i.version, i.xid
-             FROM tenants t LEFT JOIN migration_intents i ON i.tenant_id = t.id
+            "SELECT t.schema_version, i.version, i.xid, s.id, s.name
+             FROM tenants t JOIN servers s ON s.id = t.server_id
+             LEFT JOIN migration_intents i ON i.tenant_id = t.id
              WHERE t.id = $1",
             &[&tenant],
         )
@@ -188,7 +196,12 @@ pub(super) async fn recorded(
         (Some(version), Some(xid)) => Some((version, xid)),
         _ => None,
     };
-    Ok((row.get(0), intent))
+    Ok(Recorded {
+        version: row.get(0),
+        intent,
+        server_id: row.get(3),
+        server: row.get(4),
+    })
 }
 
 /// Before a file's transaction commits: its version and transaction id.

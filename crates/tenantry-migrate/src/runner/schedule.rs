@@ -165,6 +165,11 @@ impl<C: Connector> Run<C> {
             };
             q.applied.extend(tally.applied);
             q.repaired.extend(tally.repaired);
+            if let Some((id, name)) = tally.moved_to {
+                // A move took it elsewhere: retried and reported there.
+                q.target.server_id = id;
+                q.target.server = name;
+            }
             let report = match attempt {
                 Attempt::Busy => {
                     let waited = q.busy_since.get_or_insert_with(Instant::now).elapsed();

@@ -55,6 +55,8 @@ pub(super) struct Tally {
     pub applied: Vec<String>,
     /// Changes to the tenant's history that the control plane never wrote, undone.
     pub repaired: Vec<String>,
+    /// The server the tenant was found on, when a move took it off the plan's.
+    pub moved_to: Option<(i64, String)>,
 }
 
 /// The advisory lock key runners before this one took in a tenant database (this one
@@ -109,8 +111,10 @@ async fn migrate_one<C: Connector>(
         opts,
         ..
     } = *scope;
-    // The catalog's word, read under the lock (another runner may have moved it).
-    let (recorded, intent) = match super::record::recorded(catalog, target.id).await {
+    // The catalog's word, read under the lock (another runner may have moved its
+    // version on; a move, its server: the run then migrates it where it lives now, never
+    // the copy the move left behind).
+    let now = match super::record::recorded(catalog, target.id).await {
         Ok(r) => r,
         Err(e) => {
             return failed(
@@ -118,6 +122,20 @@ async fn migrate_one<C: Connector>(
                 format!("cannot read the tenant's recorded version: {e}"),
             )
         }
+    };
+    let (recorded, intent) = (now.version, now.intent);
+    let moved;
+    let target = if now.server_id == target.server_id {
+        target
+    } else {
+        tracing::info!(tenant = %target.slug, from = %target.server, to = %now.server, "the tenant moved since the run's plan; migrating it on its new server");
+        tally.moved_to = Some((now.server_id, now.server.clone()));
+        moved = Target {
+            server_id: now.server_id,
+            server: now.server,
+            ..target.clone()
+        };
+        &moved
     };
     if intent.is_none() && recorded >= template.latest_version() {
         return Attempt::Done {
