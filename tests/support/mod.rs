@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod moves;
 pub mod routers;
 
 use std::path::Path;
