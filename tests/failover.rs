@@ -372,3 +372,96 @@ async fn cached_tenants_outlive_their_ttl_while_the_catalog_is_down() {
     )
     .await;
 }
+
+/// Two moves under way when the catalog's primary crashes: one process rides the
+/// failover out and finishes on the promoted standby; the other is killed while the
+/// catalog is down, and `reconcile` undoes its move, which then runs again to the end.
+/// Both tenants end on their targets with every row, and no replication slot,
+/// publication or subscription is left anywhere.
+#[tokio::test]
+async fn moves_cut_off_by_a_failover_are_finished_by_themselves_or_by_reconcile_and_a_rerun() {
+    use support::moves::{contents, fill, leftovers, server_of, tenant_id};
+    let (mut primary, standby, d) = catalog_with_standby().await;
+    let s2 = d.second_server();
+    let s3 = TestCluster::start();
+    assert!(d
+        .run(&["server", "add", "s3", "--url", &s3.url("postgres")])
+        .status
+        .success());
+    let mut before = Vec::new();
+    for slug in ["rider", "cut"] {
+        assert!(d
+            .run(&["tenant", "create", slug, "--plan", "pro", "--server", "s1"])
+            .status
+            .success());
+        fill(&d, slug, 200).await;
+        let (_, db) = tenant_id(&d, slug).await;
+        before.push(contents(&d.pg, &db).await);
+    }
+
+    // Both moves stall for three seconds before their copy (their subscriptions made);
+    // the catalog's primary crashes meanwhile, `cut`'s process is killed while the
+    // catalog is down, and the standby is promoted.
+    let spawn = |slug: &str, to: &str| {
+        let mut cmd = d.cmd(&["tenant", "move", slug, "--to", to]);
+        cmd.env("TENANTRY_FAULT", "move.copy.before=delay");
+        support::Running::spawn(cmd)
+    };
+    let rider = spawn("rider", "s2");
+    let cut = spawn("cut", "s3");
+    until(
+        "both moves reach their copy",
+        Duration::from_secs(30),
+        || async {
+            d.catalog()
+                .await
+                .query_one("SELECT count(*) FROM moves WHERE phase = 'copy'", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 2
+        },
+    )
+    .await;
+    primary.crash_server();
+    cut.signal("KILL");
+    let _ = cut.wait(Duration::from_secs(30));
+    standby.promote().await;
+    let (status, stdout, stderr) = rider.wait(Duration::from_secs(120));
+    assert!(status.success(), "{stdout} {stderr}");
+
+    let report = d.json(&["reconcile"], 0);
+    assert_eq!(report["moves"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(server_of(&d, "cut").await, "s1", "{report}");
+    let moved = d.json(&["tenant", "move", "cut", "--to", "s3"], 0);
+    assert_eq!(moved["status"], "done", "{moved}");
+
+    for ((slug, target), before) in [("rider", &s2), ("cut", &s3)].into_iter().zip(&before) {
+        assert_eq!(
+            server_of(&d, slug).await,
+            if slug == "rider" { "s2" } else { "s3" }
+        );
+        let (_, db) = tenant_id(&d, slug).await;
+        let after = contents(target, &db).await;
+        assert_eq!(
+            (after.0, after.1, &after.2),
+            (before.0, before.1, &before.2),
+            "{slug}"
+        );
+    }
+    let open: i64 = d
+        .catalog()
+        .await
+        .query_one(
+            "SELECT count(*) FROM moves WHERE status IN ('running', 'failed')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "a move left open");
+    for (name, cluster) in [("s1", &d.pg), ("s2", &s2), ("s3", &s3)] {
+        let (replication, _, _) = leftovers(cluster).await;
+        assert!(replication.is_empty(), "{name}: {replication:?}");
+    }
+}

@@ -248,7 +248,8 @@ async fn soak() {
         })
     };
 
-    // Churn: a lifecycle step every 3 s, and one migration run at 40 % of the soak.
+    // Churn: a lifecycle step every 3 s (create, suspend, resume, delete, plan change or
+    // online move), and one migration run at 40 % of the soak.
     let churn = {
         let (shared, stop) = (shared.clone(), stop.clone());
         let p = d.provisioner().await;
@@ -258,7 +259,7 @@ async fn soak() {
             let mut steps: BTreeMap<&'static str, u64> = BTreeMap::new();
             while !stop.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                let step = ["create", "suspend", "resume", "delete", "plan"][rng.next(5)];
+                let step = ["create", "suspend", "resume", "delete", "plan", "move"][rng.next(6)];
                 let victim = {
                     let s = shared.lock().unwrap();
                     s.live[rng.next(s.live.len())].clone()
@@ -309,6 +310,25 @@ async fn soak() {
                         let r = p.delete_tenant(&victim.slug, false).await.is_ok();
                         shared.lock().unwrap().deleted.push(victim.slug);
                         r
+                    }
+                    "move" => {
+                        // Online, to the other server, while the routers serve it.
+                        match p.show_tenant(&victim.slug).await {
+                            Ok(t) => p
+                                .move_tenant(tenantry_provision::MoveTenant {
+                                    slug: victim.slug.clone(),
+                                    to: if t.server.as_deref() == Some("s2") {
+                                        "s1".into()
+                                    } else {
+                                        "s2".into()
+                                    },
+                                    offline: false,
+                                    cutover_timeout: Duration::from_secs(30),
+                                })
+                                .await
+                                .is_ok(),
+                            Err(_) => false,
+                        }
                     }
                     _ => p
                         .set_plan(

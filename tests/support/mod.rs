@@ -276,8 +276,15 @@ impl Deployment {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// A connection to the catalog, through the deployment's catalog URL (which may
+    /// name several hosts).
     pub async fn catalog(&self) -> tokio_postgres::Client {
-        self.pg.connect("catalog").await
+        let (client, connection) =
+            tokio_postgres::connect(&self.catalog_url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to the catalog: {e}"));
+        tokio::spawn(connection);
+        client
     }
 
     /// A connection as a tenant's own role, with its sealed password opened by the
