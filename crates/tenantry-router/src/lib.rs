@@ -80,7 +80,8 @@ pub enum SetupError {
     Catalog(#[from] tenantry_catalog::CatalogError),
 }
 
-/// The router's background work: the tenant change listener, the pool reaper, the
+/// The router's background work: the tenant change listener, the route cache's
+/// sweeper, the pool reaper, the
 /// replica heartbeat, the usage flusher. [`Background::stop`] ends it, flushes the usage
 /// counted since the last flush, and deregisters the replica.
 pub struct Background {
@@ -184,6 +185,7 @@ impl AppState {
         let business = Arc::new(business::Business::default());
         let tasks = vec![
             resolver.spawn_listener(catalog_url, budget_called.clone()),
+            resolver.spawn_sweeper(),
             probe.spawn(catalog.clone(), Duration::from_secs(1)),
             business.spawn(catalog.clone(), Duration::from_secs(r.business_refresh_s)),
             pools.spawn_reaper(Duration::from_secs(1)),

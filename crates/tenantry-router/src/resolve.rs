@@ -67,41 +67,14 @@ struct Entry {
 /// be reached.
 pub const STALE_FOR: Duration = Duration::from_secs(600);
 
-/// Positive answers live `ttl` (and are kept [`STALE_FOR`] longer), negative ones
-/// `negative_ttl`.
-struct Lifetimes {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl Lifetimes {
-    fn of(&self, value: &Entry) -> Duration {
-        if value.route.is_some() {
-            self.ttl + STALE_FOR
-        } else {
-            self.negative_ttl
-        }
-    }
-}
-
-impl moka::Expiry<String, Entry> for Lifetimes {
-    fn expire_after_create(&self, _: &String, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(self.of(value))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        value: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.of(value))
-    }
-}
+/// How often entries past any use are swept out.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// At most this many slugs are cached, and at most this many loads wait at once: both
-/// maps are keyed by what tokens name, so both are bounded.
+/// maps are keyed by what tokens name, so both are bounded. (The routes live in a
+/// sharded map, not an LRU: a hit is a shard's read lock and a clone, with no
+/// bookkeeping that a read might have to pay for; lifetimes are checked on read and
+/// swept every [`SWEEP_EVERY`].)
 const CACHE_CAP: u64 = 200_000;
 const LOADING_CAP: u64 = 10_000;
 
@@ -118,7 +91,8 @@ pub struct Resolver {
     catalog: Catalog,
     sealer: Sealer,
     ttl: Duration,
-    cache: moka::sync::Cache<String, Entry>,
+    negative_ttl: Duration,
+    cache: dashmap::DashMap<String, Entry>,
     /// One load at a time per slug; an entry left by a cancelled load expires.
     loading: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
     /// Grows with every invalidation; a load that saw it change is not cached.
@@ -135,10 +109,8 @@ impl Resolver {
             catalog,
             sealer,
             ttl,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(CACHE_CAP)
-                .expire_after(Lifetimes { ttl, negative_ttl })
-                .build(),
+            negative_ttl,
+            cache: dashmap::DashMap::new(),
             loading: moka::sync::Cache::builder()
                 .max_capacity(LOADING_CAP)
                 .time_to_idle(Duration::from_secs(60))
@@ -149,12 +121,56 @@ impl Resolver {
         }
     }
 
-    /// The cached entry and whether it is fresh. No map guard outlives this call.
+    /// The cached entry and whether it is fresh; `None` past any use. No map guard
+    /// outlives this call.
     fn cached(&self, slug: &str) -> Option<(Entry, bool)> {
-        let entry = self.cache.get(slug)?;
+        let entry = self.cache.get(slug)?.clone();
+        let age = entry.loaded.elapsed();
+        if !self.usable(&entry, age) {
+            return None;
+        }
         let fresh = entry.session == self.session.load(Ordering::Relaxed)
-            && (entry.route.is_none() || entry.loaded.elapsed() < self.ttl);
+            && (entry.route.is_none() || age < self.ttl);
         Some((entry, fresh))
+    }
+
+    /// Whether an entry of this age may still be used: a route within its TTL and
+    /// [`STALE_FOR`] after it, an unknown slug within `negative_ttl`.
+    fn usable(&self, entry: &Entry, age: Duration) -> bool {
+        if entry.route.is_some() {
+            age < self.ttl + STALE_FOR
+        } else {
+            age < self.negative_ttl
+        }
+    }
+
+    /// Drops the entries past any use; when the map is still full, an arbitrary tenth of
+    /// it too (they are loaded again on their next request).
+    fn sweep(&self) {
+        self.cache.retain(|_, e| self.usable(e, e.loaded.elapsed()));
+        if self.cache.len() as u64 >= CACHE_CAP {
+            let victims: Vec<String> = self
+                .cache
+                .iter()
+                .take(CACHE_CAP as usize / 10)
+                .map(|e| e.key().clone())
+                .collect();
+            for slug in victims {
+                self.cache.remove(&slug);
+            }
+        }
+    }
+
+    /// Sweeps the cache every [`SWEEP_EVERY`] until the task is aborted.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let resolver = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                resolver.sweep();
+            }
+        })
     }
 
     /// The tenant's route; `None` when no live tenant has that slug. A route that is no
@@ -200,6 +216,9 @@ impl Resolver {
                 loaded,
                 session,
             };
+            if self.cache.len() as u64 >= CACHE_CAP {
+                self.sweep();
+            }
             self.cache.insert(slug.to_owned(), entry);
         }
         Ok(route)
@@ -207,7 +226,7 @@ impl Resolver {
 
     pub fn invalidate(&self, slug: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(slug);
+        self.cache.remove(slug);
     }
 
     /// Everything cached is re-read before its next use (served as it was only if the
