@@ -150,6 +150,27 @@ async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
     wait_for_budget(&one.base, 60, Duration::from_secs(8)).await;
 }
 
+/// A lone router killed and started again (a crash, then a restart) has the whole
+/// budget from its first beat: its dead predecessor's lease does not hold it back for
+/// heartbeats (1 s each here).
+#[tokio::test]
+async fn a_lone_router_restarted_after_a_crash_has_the_whole_budget_at_once() {
+    let d = Deployment::new().await;
+    d.catalog()
+        .await
+        .execute("UPDATE servers SET max_connections = 60", &[])
+        .await
+        .unwrap();
+    let beat = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
+    let first = d.serve(&beat).await;
+    wait_for_budget(&first.base, 60, Duration::from_secs(5)).await;
+    first.process.signal("KILL");
+    // Past three heartbeats, the predecessor's row is stale.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let again = d.serve(&beat).await;
+    assert_eq!(budget(&again.base).await, Some(60));
+}
+
 /// A server on the router's host can be reached over its Unix socket: registered with
 /// `host=/folder`, its tenants are provisioned, migrated and served through the socket.
 #[tokio::test]

@@ -597,3 +597,72 @@ async fn a_migration_run_waits_for_a_move_and_migrates_the_tenant_where_it_lande
         .get(0);
     assert_eq!(version, 2);
 }
+
+/// The count a query returns.
+async fn one(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// What a tenant can put in its own database does not stop its move or act through it:
+/// a partitioned table with an index, an invalid index left by a failed `CREATE UNIQUE
+/// INDEX CONCURRENTLY`, and a `public.format(text, name, name)` that would record who
+/// calls it, where the control plane's own queries call `format`.
+#[tokio::test]
+async fn a_tenants_own_objects_neither_stop_its_move_nor_run_as_the_admin() {
+    let (d, s2) = two_servers().await;
+    assert!(d
+        .run(&["tenant", "create", "odd", "--plan", "pro", "--server", "s1"])
+        .status
+        .success());
+    let (id, db) = tenant_id(&d, "odd").await;
+    let own = d.connect_tenant(id, &db).await.unwrap();
+    own.batch_execute(
+        "CREATE TABLE events (id bigint, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE INDEX events_v ON events (v);
+         INSERT INTO events SELECT g, '2024-06-01'::date + (g % 400), 'v' || g FROM generate_series(1, 300) g;
+         CREATE TABLE dupes (n int);
+         INSERT INTO dupes VALUES (1), (1);
+         CREATE TABLE trap_calls (who text);
+         CREATE FUNCTION public.format(text, name, name) RETURNS text LANGUAGE sql
+             AS $$ INSERT INTO public.trap_calls VALUES (current_user) RETURNING 'trapped' $$;",
+    )
+    .await
+    .unwrap();
+    // Fails on the duplicates, and leaves an invalid index behind.
+    assert!(own
+        .batch_execute("CREATE UNIQUE INDEX CONCURRENTLY dupes_n ON dupes (n)")
+        .await
+        .is_err());
+    drop(own);
+
+    let moved = d.json(&["tenant", "move", "odd", "--to", "s2"], 0);
+    assert_eq!(moved["status"], "done", "{moved}");
+    assert_eq!(moved["mode"], "online", "{moved}");
+
+    let target = s2.connect(&db).await;
+    let source = d.pg.connect(&db).await;
+    assert_eq!(one(&target, "SELECT count(*) FROM events").await, 300);
+    // The partitioned index and its partitions' indexes, as on the source.
+    let indexes =
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename LIKE 'events%'";
+    let on_source = names(&source, indexes).await;
+    assert!(
+        on_source.iter().any(|i| i.contains("events_v")),
+        "{on_source:?}"
+    );
+    assert_eq!(names(&target, indexes).await, on_source);
+    // The invalid index stays behind (pg_dump leaves it out too).
+    assert_eq!(
+        one(
+            &target,
+            "SELECT count(*) FROM pg_class WHERE relname = 'dupes_n'"
+        )
+        .await,
+        0
+    );
+    // The tenant's `format` was never called by the control plane.
+    assert_eq!(one(&source, "SELECT count(*) FROM trap_calls").await, 0);
+    assert_eq!(one(&target, "SELECT count(*) FROM trap_calls").await, 0);
+}

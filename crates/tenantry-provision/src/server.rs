@@ -71,6 +71,18 @@ impl ServerRow {
     pub async fn connect(&self, database: &str) -> Result<tokio_postgres::Client, ProvisionError> {
         connect(&self.config(database), &self.name).await
     }
+
+    /// A one-off admin connection to a tenant's database with `search_path = pg_catalog`:
+    /// nothing the tenant defined (a `public.format`, say) is found by a name in the
+    /// admin's statements, which therefore qualify the tenant's own objects.
+    pub async fn connect_tenant_db(
+        &self,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, ProvisionError> {
+        let mut config = self.config(database);
+        config.options("-c search_path=pg_catalog");
+        connect(&config, &self.name).await
+    }
 }
 
 pub(crate) async fn connect(

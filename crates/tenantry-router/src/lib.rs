@@ -170,7 +170,7 @@ impl AppState {
         let replica = Uuid::now_v7();
         let every = Duration::from_secs(r.heartbeat_s);
         // Budgets are known before the first request.
-        replicas::beat(&catalog, &pools, replica, every, true, false).await?;
+        replicas::beat(&catalog, &pools, replica, every, true, true).await?;
         let budget_called = Arc::new(tokio::sync::Notify::new());
         let limits = Arc::new(tenant::RateLimits::default());
         let probe = Arc::new(health::Probe::new());

@@ -15,10 +15,12 @@
 //!   within milliseconds, not a heartbeat later;
 //! - a stopped replica's row goes, and its leases with it (a replica that went quiet for
 //!   three heartbeats too: its process is gone, and the server closed its sessions) —
-//!   but only a replica that has itself beaten without a break for three heartbeats
-//!   judges the others dead: after a catalog outage or failover every heartbeat is old,
-//!   and the first replica back must not take the leases of the others, which are
-//!   still serving and about to beat again.
+//!   but a running replica judges the others dead only once its own beats have gone
+//!   through without a break for a heartbeat and a half: after a catalog outage or
+//!   failover every heartbeat is old, and the first replica back must not take the
+//!   leases of the others, which are still serving and beat again within a heartbeat.
+//!   A starting replica's first beat does judge (a restart after a crash must not wait
+//!   for its dead predecessor's lease).
 //!
 //! A lone router therefore uses the whole budget, and a join or a death never takes the
 //! sum of the replicas' connections past it (what a replica holds never exceeds its
@@ -74,7 +76,7 @@ pub fn spawn(
             let may_call = last_call.is_none_or(|t| t.elapsed() >= every);
             next = tokio::time::Instant::now() + every;
             let since = *beating_since.get_or_insert_with(tokio::time::Instant::now);
-            let may_reap = since.elapsed() >= every * 3;
+            let may_reap = since.elapsed() >= every * 3 / 2;
             match beat(&catalog, &pools, id, every, may_call, may_reap).await {
                 Ok(beat) => {
                     if beat.called && beat.short {

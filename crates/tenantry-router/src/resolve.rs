@@ -70,6 +70,13 @@ pub const STALE_FOR: Duration = Duration::from_secs(600);
 /// How often entries past any use are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// How long a route's load may take before it counts as failed.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a failed load, requests with a route to serve take it without loading for
+/// this long.
+const FAILED_LATELY: Duration = Duration::from_secs(1);
+
 /// At most this many slugs are cached, and at most this many loads wait at once: both
 /// maps are keyed by what tokens name, so both are bounded. (The routes live in a
 /// sharded map, not an LRU: a hit is a shard's read lock and a clone, with no
@@ -100,6 +107,9 @@ pub struct Resolver {
     /// Grows each time the listener listens again: entries of an earlier session are
     /// re-read before use.
     session: AtomicU64,
+    /// When a load last failed, in ms since `started` (0: never).
+    failed_at_ms: AtomicU64,
+    started: Instant,
     pub stats: CacheStats,
 }
 
@@ -117,6 +127,8 @@ impl Resolver {
                 .build(),
             epoch: AtomicU64::new(0),
             session: AtomicU64::new(0),
+            failed_at_ms: AtomicU64::new(0),
+            started: Instant::now(),
             stats: CacheStats::default(),
         }
     }
@@ -193,35 +205,66 @@ impl Resolver {
             Some((old, false)) => old.route,
             None => None,
         };
+        // A load failed a moment ago: the catalog is out of reach, and a request that has
+        // a route to serve does not wait for another load to fail.
+        if stale.is_some() && self.failed_lately() {
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            return Ok(stale);
+        }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let session = self.session.load(Ordering::SeqCst);
         let loaded = Instant::now();
-        let route = match self.load(slug).await {
+        let result = match tokio::time::timeout(LOAD_TIMEOUT, self.load(slug)).await {
+            Ok(result) => result,
+            Err(_) => Err(CatalogError::Unreachable(format!(
+                "no answer within {} ms",
+                LOAD_TIMEOUT.as_millis()
+            ))),
+        };
+        let route = match result {
             Ok(route) => route.map(Arc::new),
             Err(e) => {
+                self.failed_at_ms
+                    .store(self.since_start_ms().max(1), Ordering::Relaxed);
+                // Served stale only if no notification dropped the slug meanwhile.
                 return match stale {
-                    Some(route) => {
+                    Some(route) if self.epoch.load(Ordering::SeqCst) == epoch => {
                         self.stats.stale.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "catalog unreadable; serving the route as cached");
                         Ok(Some(route))
                     }
-                    None => Err(e),
+                    _ => Err(e),
                 };
             }
         };
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            let entry = Entry {
+        if self.cache.len() as u64 >= CACHE_CAP {
+            self.sweep();
+        }
+        self.cache.insert(
+            slug.to_owned(),
+            Entry {
                 route: route.clone(),
                 loaded,
                 session,
-            };
-            if self.cache.len() as u64 >= CACHE_CAP {
-                self.sweep();
-            }
-            self.cache.insert(slug.to_owned(), entry);
+            },
+        );
+        // Inserted first, checked after: an invalidation at any point after this load
+        // began either sees the entry (and removes it) or is seen here.
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            self.cache.remove(slug);
         }
         Ok(route)
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether a load failed within the last [`FAILED_LATELY`].
+    fn failed_lately(&self) -> bool {
+        let at = self.failed_at_ms.load(Ordering::Relaxed);
+        at != 0 && self.since_start_ms().saturating_sub(at) < FAILED_LATELY.as_millis() as u64
     }
 
     pub fn invalidate(&self, slug: &str) {

@@ -46,7 +46,7 @@ impl Provisioner {
                 .await
                 .map_err(|e| ProvisionError::server(&target.name, "look up the database", &e))?;
             if there {
-                let client = target.connect(db.as_str()).await?;
+                let client = target.connect_tenant_db(db.as_str()).await?;
                 let sub = client
                     .query_opt(
                         "SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid =
@@ -113,7 +113,7 @@ impl Provisioner {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         if database_exists(&admin, db).await.map_err(err)? {
-            let client = source.connect(db.as_str()).await?;
+            let client = source.connect_tenant_db(db.as_str()).await?;
             let published = client
                 .query_opt(
                     "SELECT 1 FROM pg_publication WHERE pubname = $1",

@@ -127,7 +127,10 @@ impl Provisioner {
     /// on the target (owners and grants kept). Tables without a primary key get
     /// `REPLICA IDENTITY FULL` at the source first, so their updates and deletes replicate.
     async fn copy_schema(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
-        let source = plan.source.connect(plan.tenant.database.as_str()).await?;
+        let source = plan
+            .source
+            .connect_tenant_db(plan.tenant.database.as_str())
+            .await?;
         let keyless: Vec<String> = source
             .query(
                 "SELECT format('%I.%I', n.nspname, c.relname)
@@ -159,7 +162,10 @@ impl Provisioner {
         self.dump_into_target(plan, &["--schema-only"], None)
             .await?;
         // The secondary indexes go until the rows are in (`build_indexes`).
-        let target = plan.target.connect(plan.tenant.database.as_str()).await?;
+        let target = plan
+            .target
+            .connect_tenant_db(plan.tenant.database.as_str())
+            .await?;
         for (index, _) in deferred_indexes(&target)
             .await
             .map_err(|e| ProvisionError::server(&plan.target.name, "list the indexes", &e))?
@@ -184,8 +190,8 @@ impl Provisioner {
     /// builds held the subscription's writes back).
     async fn build_indexes(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let db = plan.tenant.database.as_str();
-        let source = plan.source.connect(db).await?;
-        let target = plan.target.connect(db).await?;
+        let source = plan.source.connect_tenant_db(db).await?;
+        let target = plan.target.connect_tenant_db(db).await?;
         let want = deferred_indexes(&source)
             .await
             .map_err(|e| ProvisionError::server(&plan.source.name, "list the indexes", &e))?;
@@ -209,7 +215,10 @@ impl Provisioner {
 
     async fn publish(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let name = plan.replication_name();
-        let source = plan.source.connect(plan.tenant.database.as_str()).await?;
+        let source = plan
+            .source
+            .connect_tenant_db(plan.tenant.database.as_str())
+            .await?;
         let exists = source
             .query_opt(
                 "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -231,7 +240,10 @@ impl Provisioner {
 
     async fn subscribe(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let name = plan.replication_name();
-        let target = plan.target.connect(plan.tenant.database.as_str()).await?;
+        let target = plan
+            .target
+            .connect_tenant_db(plan.tenant.database.as_str())
+            .await?;
         let exists = target
             .query_opt(
                 "SELECT 1 FROM pg_subscription WHERE subname = $1",
@@ -267,7 +279,10 @@ impl Provisioner {
     /// recording the bytes copied and the lag as it goes.
     async fn follow(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let name = plan.replication_name();
-        let target = plan.target.connect(plan.tenant.database.as_str()).await?;
+        let target = plan
+            .target
+            .connect_tenant_db(plan.tenant.database.as_str())
+            .await?;
         let source = self.admin.get(&plan.source).await?;
         let mut idle_since = tokio::time::Instant::now();
         let mut reported: Option<tokio::time::Instant> = None;
@@ -429,8 +444,8 @@ impl Provisioner {
     /// carries rows, not sequences).
     async fn copy_sequences(&self, plan: &MovePlan) -> Result<(), ProvisionError> {
         let db = plan.tenant.database.as_str();
-        let source = plan.source.connect(db).await?;
-        let target = plan.target.connect(db).await?;
+        let source = plan.source.connect_tenant_db(db).await?;
+        let target = plan.target.connect_tenant_db(db).await?;
         let rows = source
             .query(
                 "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
@@ -545,7 +560,10 @@ impl Provisioner {
 }
 
 /// The database's secondary indexes, as `(schema.name, CREATE INDEX …)`: those that
-/// back no constraint and are not the replica identity, outside the system schemas.
+/// back no constraint and are not the replica identity, valid (`pg_dump` leaves invalid
+/// ones out), on plain tables (a partitioned table's indexes stay where `pg_restore`
+/// put them), outside the system schemas. Read on a `search_path = pg_catalog` session,
+/// so every name in a definition is qualified.
 async fn deferred_indexes(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
@@ -556,6 +574,8 @@ async fn deferred_indexes(
              JOIN pg_class c ON c.oid = i.indexrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE NOT i.indisprimary AND NOT i.indisreplident
+               AND i.indisvalid AND i.indisready
+               AND c.relkind = 'i' AND NOT c.relispartition
                AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                AND n.nspname NOT LIKE 'pg_toast%'
