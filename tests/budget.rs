@@ -128,20 +128,27 @@ async fn wait_for_budget(base: &str, want: i64, within: Duration) {
     }
 }
 
-#[tokio::test]
-async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
+/// A server of 60 connections, and one router on it (1 s heartbeats) holding them all.
+async fn a_lone_router() -> (Deployment, support::Router) {
     let d = Deployment::new().await;
     d.catalog()
         .await
         .execute("UPDATE servers SET max_connections = 60", &[])
         .await
         .unwrap();
-    let beat = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
-    let one = d.serve(&beat).await;
-    // Alone: the whole budget.
+    let one = d.serve(&BEAT).await;
     wait_for_budget(&one.base, 60, Duration::from_secs(5)).await;
+    (d, one)
+}
+
+const BEAT: [(&str, &str); 1] = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
+
+#[tokio::test]
+async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
+    // Alone: the whole budget.
+    let (d, one) = a_lone_router().await;
     // A joiner is given half, at once (not a heartbeat later): the other hands it back.
-    let two = d.serve(&beat).await;
+    let two = d.serve(&BEAT).await;
     wait_for_budget(&one.base, 30, Duration::from_secs(5)).await;
     wait_for_budget(&two.base, 30, Duration::from_secs(5)).await;
     // Killed: no goodbye; its heartbeat goes stale (3 beats), its lease goes with its
@@ -155,19 +162,11 @@ async fn a_dead_routers_share_of_the_budget_returns_to_the_living() {
 /// heartbeats (1 s each here).
 #[tokio::test]
 async fn a_lone_router_restarted_after_a_crash_has_the_whole_budget_at_once() {
-    let d = Deployment::new().await;
-    d.catalog()
-        .await
-        .execute("UPDATE servers SET max_connections = 60", &[])
-        .await
-        .unwrap();
-    let beat = [("TENANTRY__ROUTER__HEARTBEAT_S", "1")];
-    let first = d.serve(&beat).await;
-    wait_for_budget(&first.base, 60, Duration::from_secs(5)).await;
+    let (d, first) = a_lone_router().await;
     first.process.signal("KILL");
     // Past three heartbeats, the predecessor's row is stale.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let again = d.serve(&beat).await;
+    let again = d.serve(&BEAT).await;
     assert_eq!(budget(&again.base).await, Some(60));
 }
 

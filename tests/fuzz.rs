@@ -301,10 +301,9 @@ async fn an_export_ended_by_a_suspend_is_409_not_500() {
     // Enough data that pg_dump is still at work when the suspend ends its session.
     let info = d.json(&["tenant", "show", TENANT], 0);
     let id: uuid::Uuid = info["id"].as_str().unwrap().parse().unwrap();
-    let db = d
-        .connect_tenant(id, info["database"].as_str().unwrap())
-        .await
-        .unwrap();
+    let database = info["database"].as_str().unwrap().to_owned();
+    let db = d.connect_tenant(id, &database).await.unwrap();
+    let admin = d.pg.connect("postgres").await;
     db.batch_execute(
         "CREATE TABLE bulk AS
          SELECT g, repeat(md5(g::text), 8) AS pad FROM generate_series(1, 150000) g",
@@ -325,7 +324,23 @@ async fn an_export_ended_by_a_suspend_is_409_not_500() {
             let path = format!("{tenant}/export");
             async move { c.send(Method::GET, &path, None).await }
         });
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The suspend goes in once pg_dump is at work on the tenant's database.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            let dumping: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND application_name = 'pg_dump'",
+                    &[&database],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if dumping > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (status, body) = c
             .send(Method::POST, &format!("{tenant}/suspend"), None)
             .await;
