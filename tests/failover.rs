@@ -229,21 +229,10 @@ async fn a_migration_run_cut_off_by_a_failover_is_finished_by_the_next() {
         )
         .await
         .unwrap();
-    let templates = d.home.path().join("templates");
-    std::fs::create_dir_all(templates.join("tasks")).unwrap();
-    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            templates.join("tasks").join(entry.file_name()),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        templates.join("tasks/V2__slow_tags.sql"),
+    let templates = d.templates_with(&[(
+        "V2__slow_tags.sql",
         "SELECT pg_sleep(0.1); ALTER TABLE tasks ADD COLUMN tags text[];",
-    )
-    .unwrap();
+    )]);
     let run = support::Running::spawn(d.cmd(&[
         "--templates",
         templates.to_str().unwrap(),

@@ -520,16 +520,8 @@ async fn a_migration_run_waits_for_a_move_and_migrates_the_tenant_where_it_lande
         .success());
     fill(&d, "acme", 100).await;
     let (_, db) = tenant_id(&d, "acme").await;
-    let templates = d.home.path().join("templates");
-    support::copy_dir(
-        &support::templates_dir().join("tasks"),
-        &templates.join("tasks"),
-    );
-    std::fs::write(
-        templates.join("tasks").join("V2__tags.sql"),
-        "ALTER TABLE tasks ADD COLUMN tags text[];",
-    )
-    .unwrap();
+    let templates =
+        d.templates_with(&[("V2__tags.sql", "ALTER TABLE tasks ADD COLUMN tags text[];")]);
 
     // The move stalls for three seconds before its copy, holding the tenant's lock.
     let mut cmd = d.cmd(&["--output", "json", "tenant", "move", "acme", "--to", "s2"]);

@@ -344,17 +344,10 @@ async fn soak() {
             steps
         })
     };
-    let templates = d.home.path().join("templates/tasks");
-    std::fs::create_dir_all(&templates).unwrap();
-    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), templates.join(entry.file_name())).unwrap();
-    }
-    std::fs::write(
-        templates.join("V2__soak_tags.sql"),
+    let templates = d.templates_with(&[(
+        "V2__soak_tags.sql",
         "ALTER TABLE tasks ADD COLUMN soak_tags text[];",
-    )
-    .unwrap();
+    )]);
     let mut migration: Option<support::Running> = None;
     let mut migration_exit = None;
 
@@ -367,10 +360,9 @@ async fn soak() {
     while started.elapsed() < run_for {
         tokio::time::sleep(SAMPLE.min(run_for.saturating_sub(started.elapsed()))).await;
         if migration.is_none() && started.elapsed() >= run_for * 2 / 5 {
-            let dir = d.home.path().join("templates");
             migration = Some(support::Running::spawn(d.cmd(&[
                 "--templates",
-                dir.to_str().unwrap(),
+                templates.to_str().unwrap(),
                 "migrate",
                 "run",
             ])));

@@ -216,21 +216,10 @@ async fn migrate_plan_and_status_show_what_the_fleet_lacks() {
         .all(|t| t["status"] == "up_to_date"));
 
     // A release adds a migration file: no rebuild, just --templates.
-    let templates = d.home.path().join("templates");
-    std::fs::create_dir_all(templates.join("tasks")).unwrap();
-    for entry in std::fs::read_dir(support::templates_dir().join("tasks")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            templates.join("tasks").join(entry.file_name()),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        templates.join("tasks/V2__task_tags.sql"),
+    let templates = d.templates_with(&[(
+        "V2__task_tags.sql",
         "ALTER TABLE tasks ADD COLUMN tags text[] NOT NULL DEFAULT '{}';",
-    )
-    .unwrap();
+    )]);
     let dir = templates.to_str().unwrap();
     let plan = d.json(&["--templates", dir, "migrate", "plan"], 0);
     let pending = plan["pending"].as_array().unwrap();

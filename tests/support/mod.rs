@@ -27,7 +27,6 @@ pub fn tenantry(cwd: &Path, env: &str) -> Command {
     cmd
 }
 
-/// The repository's tenant templates.
 /// Copies the files of one folder into another (made if missing).
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -37,6 +36,7 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The repository's tenant templates.
 pub fn templates_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
 }
@@ -418,6 +418,17 @@ impl Deployment {
         let base = process.router_url(Duration::from_secs(60)).await;
         wait_for_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
         Router { process, base }
+    }
+
+    /// A templates folder of this deployment's own: the repository's `tasks` template
+    /// with `files` (name, SQL) added to it, for `--templates`.
+    pub fn templates_with(&self, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let templates = self.home.path().join("templates");
+        copy_dir(&templates_dir().join("tasks"), &templates.join("tasks"));
+        for (name, sql) in files {
+            std::fs::write(templates.join("tasks").join(name), sql).unwrap();
+        }
+        templates
     }
 
     /// A second server, `s2`, on a cluster of its own.

@@ -14,7 +14,6 @@ use secrecy::SecretString;
 use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_provision::{AddServer, CreateTenant, MoveTenant};
 use tenantry_router::auth::{issue_hs256, Claims};
-use tenantry_router::{AppState, RouterOptions};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
@@ -172,28 +171,7 @@ async fn run() -> Report {
         .unwrap()
         .get(0);
 
-    let (state, background) = AppState::start(
-        &d.settings,
-        d.catalog.clone(),
-        d.catalog_url.clone(),
-        d.sealer.clone(),
-        d.provisioner.clone(),
-    )
-    .await
-    .unwrap();
-    let router = tenantry_router::start(
-        &RouterOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes: 262_144,
-            shutdown_timeout: Duration::from_secs(5),
-            workers: Some(2),
-            metrics_bind: None,
-        },
-        state,
-    )
-    .unwrap();
-    let handle = router.handle.clone();
-    tokio::spawn(router.server);
+    let router = d.serve(2).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -304,8 +282,7 @@ async fn run() -> Report {
             offline,
         });
     }
-    handle.stop(true).await;
-    background.stop().await;
+    router.stop().await;
 
     let secs = |f: &dyn Fn(&Round) -> Duration| -> Vec<f64> {
         rounds.iter().map(|r| f(r).as_secs_f64()).collect()

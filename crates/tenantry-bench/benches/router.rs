@@ -12,7 +12,6 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_provision::CreateTenant;
 use tenantry_router::auth::{issue_hs256, Claims};
-use tenantry_router::{AppState, RouterOptions};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
@@ -393,13 +392,7 @@ async fn run() -> Report {
     let pg = TestCluster::start_with_unix_socket();
     // A lone router leases the server's whole budget: 100 here, for the 1 and 100
     // tenant scenarios (as many as tenants); 64 for the 1,000-tenant one (set below).
-    let Deployment {
-        settings,
-        catalog_url,
-        catalog,
-        sealer,
-        provisioner,
-    } = Deployment::new(
+    let d = Deployment::new(
         &pg,
         &[
             ("TENANTRY__HTTP__BIND", "127.0.0.1:0"),
@@ -414,6 +407,7 @@ async fn run() -> Report {
         100,
     )
     .await;
+    let (settings, provisioner) = (&d.settings, &d.provisioner);
 
     eprintln!("creating {TENANTS} tenants…");
     provisioner
@@ -478,17 +472,9 @@ async fn run() -> Report {
         tenants[0].token.clone(),
     )]);
 
-    let (state, background) = AppState::start(
-        &settings,
-        catalog.clone(),
-        catalog_url.clone(),
-        sealer,
-        provisioner.clone(),
-    )
-    .await
-    .unwrap();
-    let resolver = state.resolver.clone();
-    let pools = state.pools.clone();
+    let router = d.serve(WORKERS).await;
+    let resolver = router.resolver.clone();
+    let pools = router.pools.clone();
     // Connections opened and evicted so far (summed over servers).
     let churn = move || {
         pools
@@ -496,20 +482,7 @@ async fn run() -> Report {
             .iter()
             .fold((0, 0), |(o, e), u| (o + u.opened, e + u.evicted))
     };
-    let router = tenantry_router::start(
-        &RouterOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes: 262_144,
-            shutdown_timeout: Duration::from_secs(5),
-            workers: Some(WORKERS),
-            metrics_bind: None,
-        },
-        state,
-    )
-    .unwrap();
-    let handle = router.handle.clone();
-    tokio::spawn(router.server);
-    let base_url = format!("http://{}", router.addr);
+    let base_url = router.base();
     let requests: Arc<Vec<(String, String)>> = Arc::new(
         tenants
             .iter()
@@ -590,7 +563,7 @@ async fn run() -> Report {
         hundred.add(h);
     }
     baseline_handle.stop(true).await;
-    catalog
+    d.catalog
         .client()
         .await
         .unwrap()
@@ -660,8 +633,7 @@ async fn run() -> Report {
     // In microseconds: the table shows ms.
     hit.scenario.push_str(" [µs in notes]");
 
-    handle.stop(true).await;
-    background.stop().await;
+    router.stop().await;
 
     let notes = vec![
         format!(

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_router::auth::{issue_hs256, Claims};
-use tenantry_router::{AppState, RouterOptions};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
@@ -116,30 +115,9 @@ async fn run() -> Report {
     }
     client.batch_execute("ANALYZE").await.unwrap();
 
-    let (state, background) = AppState::start(
-        &d.settings,
-        d.catalog.clone(),
-        d.catalog_url.clone(),
-        d.sealer.clone(),
-        d.provisioner.clone(),
-    )
-    .await
-    .unwrap();
-    let resolver = state.resolver.clone();
-    let router = tenantry_router::start(
-        &RouterOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes: 262_144,
-            shutdown_timeout: Duration::from_secs(5),
-            workers: Some(2),
-            metrics_bind: None,
-        },
-        state,
-    )
-    .unwrap();
-    let handle = router.handle.clone();
-    tokio::spawn(router.server);
-    let base = format!("http://{}", router.addr);
+    let router = d.serve(2).await;
+    let resolver = router.resolver.clone();
+    let base = router.base();
 
     // Resolution: one tenant cached, then all of them.
     let one = hits(&resolver, &slugs[..1]).await;
@@ -272,8 +250,7 @@ async fn run() -> Report {
     }
     let list = Summary::new("tenant list, 100,000 tenants", &list_times, Duration::ZERO);
 
-    handle.stop(true).await;
-    background.stop().await;
+    router.stop().await;
 
     Report {
         name: "scale".into(),

@@ -208,6 +208,64 @@ impl Deployment {
     }
 }
 
+/// A router over a deployment, in this process, on a free loopback port.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    pub handle: actix_web::dev::ServerHandle,
+    pub resolver: std::sync::Arc<tenantry_router::resolve::Resolver>,
+    pub pools: tenantry_pools::Pools,
+    pub background: tenantry_router::Background,
+}
+
+impl Served {
+    /// `http://` and the router's address.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server, then its background work.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.background.stop().await;
+    }
+}
+
+impl Deployment {
+    /// Starts a router over this deployment with `workers` HTTP workers.
+    pub async fn serve(&self, workers: usize) -> Served {
+        let (state, background) = tenantry_router::AppState::start(
+            &self.settings,
+            self.catalog.clone(),
+            self.catalog_url.clone(),
+            self.sealer.clone(),
+            self.provisioner.clone(),
+        )
+        .await
+        .expect("router state");
+        let (resolver, pools) = (state.resolver.clone(), state.pools.clone());
+        let router = tenantry_router::start(
+            &tenantry_router::RouterOptions {
+                bind: "127.0.0.1:0".parse().expect("an address"),
+                max_body_bytes: 262_144,
+                shutdown_timeout: Duration::from_secs(5),
+                workers: Some(workers),
+                metrics_bind: None,
+            },
+            state,
+        )
+        .expect("router started");
+        let handle = router.handle.clone();
+        tokio::spawn(router.server);
+        Served {
+            addr: router.addr,
+            handle,
+            resolver,
+            pools,
+            background,
+        }
+    }
+}
+
 /// The repository's tenant templates.
 pub fn templates_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tenant-templates")
