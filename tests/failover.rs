@@ -454,3 +454,42 @@ async fn moves_cut_off_by_a_failover_are_finished_by_themselves_or_by_reconcile_
         assert!(replication.is_empty(), "{name}: {replication:?}");
     }
 }
+
+/// A catalog that takes connections and never answers (a hung primary, a partition that
+/// drops packets): a route past its TTL is re-read for at most 2 s, then served as
+/// cached, and the next requests take it at once. The client's 10 s timeout is the
+/// deadline: without the bound on the re-read, the request waits for the catalog forever.
+#[tokio::test]
+async fn cached_tenants_are_served_when_the_catalog_stops_answering() {
+    use tenantry_testkit::proxy::{Fault, FaultProxy};
+    let catalog = TestCluster::start();
+    catalog.create_database("catalog").await;
+    let proxy = FaultProxy::start(("127.0.0.1", catalog.port())).unwrap();
+    let password = secrecy::ExposeSecret::expose_secret(catalog.password()).to_owned();
+    let catalog_url = format!(
+        "postgres://{}:{password}@127.0.0.1:{}/catalog",
+        catalog.superuser(),
+        proxy.port()
+    );
+    let d = Deployment::with(TestCluster::start(), catalog_url).await;
+    d.json(&["tenant", "create", "warm", "--plan", "enterprise"], 0);
+    let router = d.serve(&[("TENANTRY__ROUTER__CACHE_TTL_S", "1")]).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/tasks?limit=1", router.base);
+    let warm = bearer(&token("warm", None));
+    assert_eq!(status(&http, &url, &warm).await, Some(StatusCode::OK));
+
+    proxy.set(Fault::Blackhole);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let asked = Instant::now();
+        assert_eq!(status(&http, &url, &warm).await, Some(StatusCode::OK));
+        took.push(asked.elapsed());
+    }
+    eprintln!("requests while the catalog does not answer took {took:?}");
+    proxy.set(Fault::PassThrough);
+}
