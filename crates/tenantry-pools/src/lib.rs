@@ -110,7 +110,17 @@ type Pool = managed::Pool<Manager>;
 /// A pooled connection; returned to its pool when dropped.
 pub type Object = managed::Object<Manager>;
 
+/// A pool used this recently counts as active: it keeps its share of its server's
+/// budget. Short enough that a tenant whose traffic grows while the others went quiet
+/// gets their share within a second; long enough to span a steady tenant's gaps.
+const ACTIVE_MS: u64 = 1_000;
+/// A pool at its size with a request waiting recomputes its share at most this often
+/// (between the reaper's passes), so a grown share is taken when it is wanted.
+const REFIT_MS: u64 = 50;
+
 struct Entry {
+    /// When its size was last recomputed on demand (ms on the pools' clock).
+    refitted: AtomicU64,
     pool: Pool,
     generation: i64,
     server: i64,
@@ -162,9 +172,9 @@ impl Inner {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Used in the last two seconds: counted when the budget is shared out.
+    /// Used in the last [`ACTIVE_MS`]: counted when the budget is shared out.
     fn is_active(&self, entry: &Entry, now: u64) -> bool {
-        now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < 2_000
+        now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < ACTIVE_MS
     }
 
     /// Closes one idle connection of another pool on `server`: from a pool with more
@@ -342,10 +352,12 @@ impl Pools {
         let (pool, size) = self.pool_for(target)?;
         let permit = match size.semaphore.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => match tokio::time::timeout(
-                self.inner.config.wait_timeout,
-                size.semaphore.clone().acquire_owned(),
-            )
+            Err(_) => match tokio::time::timeout(self.inner.config.wait_timeout, async {
+                // At its size: the share may have grown since the last reap (other
+                // tenants went quiet); taken now rather than a second later.
+                self.refit(target.tenant);
+                size.semaphore.clone().acquire_owned().await
+            })
             .await
             {
                 Ok(Ok(p)) => p,
@@ -401,6 +413,7 @@ impl Pools {
             generation: target.generation,
             server: target.server,
             last_used: Arc::new(AtomicU64::new(now)),
+            refitted: AtomicU64::new(now),
             uses: AtomicU64::new(1),
             plan_size: target.max_size.max(1),
         };
@@ -424,6 +437,26 @@ impl Pools {
             self.shrink_to_fair(target.server);
         }
         Ok(pool)
+    }
+
+    /// Recomputes a pool's size now (at most every [`REFIT_MS`]), if that grows it.
+    fn refit(&self, tenant: Uuid) {
+        let now = self.inner.now_ms();
+        let Some((server, plan_size, size)) = self.inner.pools.get(&tenant).and_then(|e| {
+            let last = e.refitted.load(Ordering::Relaxed);
+            (now.saturating_sub(last) >= REFIT_MS
+                && e.refitted
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+            .then(|| (e.server, e.plan_size, e.size.clone()))
+        }) else {
+            return;
+        };
+        // Sized with no guard held (sizing reads the map).
+        let fair = self.fair_size(server, self.plan_share(plan_size));
+        if fair > size.get() {
+            size.set(fair);
+        }
     }
 
     /// A new pool became active on `server`: pools above the new even share give back
@@ -525,7 +558,7 @@ impl Pools {
     }
 
     /// A pool's size: its plan's (this replica's part of it), but no more than an even
-    /// share of its server's budget among the server's active pools (used in the last two seconds; at least one). When the budget is short, a busy
+    /// share of its server's budget among the server's active pools (used in the last [`ACTIVE_MS`]; at least one). When the budget is short, a busy
     /// tenant waits for its own connections instead of taking other tenants' (which
     /// would make every request open a connection).
     fn fair_size(&self, server: i64, plan_size: usize) -> usize {

@@ -217,3 +217,39 @@ async fn a_lowered_pool_size_holds_whatever_the_pool_held_before() {
 async fn settle_open(pools: &Pools, open: usize) {
     support::settle(pools, "open connections", |u| u.open == open).await;
 }
+
+#[tokio::test]
+async fn a_busy_tenant_takes_the_share_of_tenants_gone_quiet_when_it_needs_it() {
+    let pg = TestCluster::start();
+    let mut targets = numbered(&pg, "q", 2).await;
+    for t in &mut targets {
+        t.max_size = 4;
+    }
+    let (a, b) = (&targets[0], &targets[1]);
+    // No reaper: only a request at its pool's size recomputes the share.
+    let pools = Pools::new(config(), 4);
+    let first = pools.get(a).await.unwrap();
+    drop(pools.get(b).await.unwrap());
+    // Both active: half the budget each.
+    let second = pools.get(a).await.unwrap();
+    assert!(
+        matches!(pools.get(a).await, Err(PoolError::Busy)),
+        "a third connection while the other tenant keeps its share"
+    );
+    // The other tenant goes quiet: the next request past the share takes its part.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut held = vec![first, second];
+    for n in 3..=4 {
+        held.push(
+            pools
+                .get(a)
+                .await
+                .unwrap_or_else(|e| panic!("connection {n} of the whole budget: {e}")),
+        );
+    }
+    assert_eq!(backends(&pg).await, 4);
+    assert!(
+        matches!(pools.get(a).await, Err(PoolError::Busy)),
+        "never past the budget"
+    );
+}
