@@ -40,6 +40,7 @@ async fn round(targets: Arc<Vec<(&'static str, Target)>>, max_defer: Duration) -
             answer_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
+            thread_slots: 0,
             session_options: String::new(),
             priority_max_defer: max_defer,
         },

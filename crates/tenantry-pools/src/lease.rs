@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::conn::clean;
 use crate::limit::Limit;
+use crate::slots::Slots;
 use crate::Object;
 
 /// A tenant connection lent to a request; returned to its pool when dropped (closed
@@ -25,14 +26,21 @@ pub struct Lease {
     conn: Option<Object>,
     permit: Option<OwnedSemaphorePermit>,
     size: Arc<Limit>,
+    slots: Arc<Slots>,
 }
 
 impl Lease {
-    pub(crate) fn new(conn: Object, permit: OwnedSemaphorePermit, size: Arc<Limit>) -> Self {
+    pub(crate) fn new(
+        conn: Object,
+        permit: OwnedSemaphorePermit,
+        size: Arc<Limit>,
+        slots: Arc<Slots>,
+    ) -> Self {
         Self {
             conn: Some(conn),
             permit: Some(permit),
             size,
+            slots,
         }
     }
 
@@ -75,6 +83,13 @@ impl Drop for Lease {
                 drop(Object::take(conn));
             }
         } else {
+            // Two threads' pools can each open a connection at once: one over the
+            // tenant's size is closed, not kept idle.
+            if self.slots.status().size > self.size.get() {
+                if let Some(conn) = self.conn.take() {
+                    drop(Object::take(conn));
+                }
+            }
             drop(self.conn.take());
             drop(permit);
         }

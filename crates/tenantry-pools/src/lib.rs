@@ -1,7 +1,8 @@
 //! Tenant connection pools.
 //!
-//! * One deadpool pool per tenant, made on first use at its plan's size, connecting as
-//!   the tenant's own role; what this replica may lend of it at once (its plan share
+//! * One deadpool pool per tenant and worker thread ([`slots`]: a request takes a
+//!   connection its own thread drives first), made on first use at its plan's size,
+//!   connecting as the tenant's own role; what this replica may lend of it at once (its plan share
 //!   among the live replicas, [`Pools::plan_share`], and its fair share of the server's
 //!   budget) is a limit of its own that each [`Lease`] holds a permit of ([`lease`]);
 //!   statements prepared once per connection. A connection that may carry session
@@ -9,8 +10,8 @@
 //!   next use, so no session state passes from one request to the next.
 //! * A **budget per server**: every connection of every tenant pool on a server holds a
 //!   permit of that server's semaphore. When the budget is spent, an idle connection of
-//!   the other pool on the server used least lately (a decaying use count, then the
-//!   last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
+//!   the other pool on the server used least lately (a use count that ages with the
+//!   server's traffic, then the last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
 //! * Waiters get permits in **priority** order ([`Target::priority`], the plan's), a lower
 //!   one deferring to higher ones for at most [`PoolConfig::priority_max_defer`], then
@@ -21,6 +22,7 @@
 //! * Idle connections are closed after `idle_timeout`, idle pools dropped after
 //!   `pool_idle_timeout`: an idle tenant holds no connection.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,11 +37,13 @@ mod conn;
 mod lease;
 mod limit;
 mod queue;
+mod slots;
 mod stream;
 pub use budget::Budget;
 pub use conn::{Conn, Manager};
 pub use lease::{release, Lease};
 use limit::Limit;
+use slots::Slots;
 use uuid::Uuid;
 
 /// Timeouts and idle limits.
@@ -61,6 +65,9 @@ pub struct PoolConfig {
     /// `options`): start-up options outrank the role's and the database's own defaults,
     /// which a tenant can change, and `RESET` returns to them.
     pub session_options: String,
+    /// Per tenant, one pool per thread slot ([`slots`]); 0: one per core, as the router
+    /// runs a worker per core.
+    pub thread_slots: usize,
     /// The longest a request waiting for a budget permit lets requests of a higher
     /// priority go first; past it, it is served in arrival order. Zero: arrival order.
     pub priority_max_defer: Duration,
@@ -106,7 +113,6 @@ pub enum ConnError {
     Pg(#[from] tokio_postgres::Error),
 }
 
-type Pool = managed::Pool<Manager>;
 /// A pooled connection; returned to its pool when dropped.
 pub type Object = managed::Object<Manager>;
 
@@ -118,14 +124,26 @@ const ACTIVE_MS: u64 = 1_000;
 /// (between the reaper's passes), so a grown share is taken when it is wanted.
 const REFIT_MS: u64 = 50;
 
+/// A server's use counts are halved once its pools have served this many uses per
+/// permit of its budget since the last halving.
+const AGE_AFTER: u64 = 16;
+
+/// What a reap pass counts of a server's pools.
+#[derive(Default)]
+struct Activity {
+    active: usize,
+    uses: u64,
+}
+
 struct Entry {
     /// When its size was last recomputed on demand (ms on the pools' clock).
     refitted: AtomicU64,
-    pool: Pool,
+    pool: Arc<Slots>,
     generation: i64,
     server: i64,
     last_used: Arc<AtomicU64>,
-    /// Requests lately: counted on every use, halved at every reap (a decaying count).
+    /// Requests lately: counted on every use, halved as the server serves more (a
+    /// decaying count; see [`AGE_AFTER`]).
     uses: AtomicU64,
     /// The plan's pool size (the deadpool pool's, never resized): this replica's part
     /// of it is the most `size` may grow to.
@@ -165,6 +183,8 @@ struct Inner {
     replicas: AtomicUsize,
     /// Woken when a budget is made at the default (see [`Pools::budget_wanted`]).
     budget_wanted: tokio::sync::Notify,
+    /// Per server: the sum of its pools' use counts after their last halving.
+    aged: std::sync::Mutex<HashMap<i64, u64>>,
 }
 
 impl Inner {
@@ -191,7 +211,7 @@ impl Inner {
         // Each round either closes a live connection or clears a pool's dead ones, so
         // the rounds are few; bounded all the same.
         for _ in 0..=self.pools.len() {
-            let mut victim: Option<((bool, u64, u64), Pool)> = None;
+            let mut victim: Option<((bool, u64, u64), Arc<Slots>)> = None;
             for entry in self.pools.iter() {
                 let idle = entry.pool.status().available;
                 if entry.server != server || *entry.key() == except || idle == 0 {
@@ -226,7 +246,7 @@ impl Inner {
             if taken {
                 return true;
             }
-            if cleared.removed.is_empty() {
+            if cleared == 0 {
                 // Taken from the pool meanwhile: nothing idle there any more.
                 return false;
             }
@@ -271,6 +291,7 @@ impl Pools {
                 default_budget,
                 replicas: AtomicUsize::new(1),
                 budget_wanted: tokio::sync::Notify::new(),
+                aged: Default::default(),
             }),
         }
     }
@@ -364,8 +385,8 @@ impl Pools {
                 _ => return Err(PoolError::Busy),
             },
         };
-        match pool.get().await {
-            Ok(conn) => Ok(Lease::new(conn, permit, size)),
+        match pool.pick().get().await {
+            Ok(conn) => Ok(Lease::new(conn, permit, size, pool)),
             Err(e) => {
                 size.give_back(permit);
                 Err(Self::pool_error(e))
@@ -390,7 +411,7 @@ impl Pools {
     }
 
     /// The tenant's pool and its size in this replica.
-    fn pool_for(&self, target: &Target) -> Result<(Pool, Arc<Limit>), PoolError> {
+    fn pool_for(&self, target: &Target) -> Result<(Arc<Slots>, Arc<Limit>), PoolError> {
         use dashmap::mapref::entry::Entry as Slot;
         let now = self.inner.now_ms();
         // Clone the pool out: no map guard is held across an await. A request that read
@@ -406,7 +427,7 @@ impl Pools {
         let size = Arc::new(Limit::new(
             self.fair_size(target.server, self.plan_share(target.max_size)),
         ));
-        let built = self.build(target)?;
+        let built = Arc::new(self.build(target)?);
         let entry = Entry {
             pool: built.clone(),
             size: size.clone(),
@@ -471,9 +492,9 @@ impl Pools {
         }
     }
 
-    /// The tenant's deadpool pool, at its plan's full size: what this replica may use of
-    /// it is the entry's `size`.
-    fn build(&self, target: &Target) -> Result<Pool, PoolError> {
+    /// The tenant's deadpool pools, one per thread slot ([`slots`]), each at its plan's
+    /// full size: what this replica may use of them together is the entry's `size`.
+    fn build(&self, target: &Target) -> Result<Slots, PoolError> {
         let c = &self.inner.config;
         let mut pg = tokio_postgres::Config::new();
         pg.dbname(&target.database)
@@ -483,8 +504,8 @@ impl Pools {
         if !c.session_options.is_empty() {
             pg.options(&c.session_options);
         }
-        let manager = Manager {
-            config: pg,
+        let manager = || Manager {
+            config: pg.clone(),
             host: target.host.clone(),
             port: target.port,
             connect_timeout: c.connect_timeout,
@@ -496,14 +517,19 @@ impl Pools {
             wait: c.wait_timeout,
             priority: target.priority,
         };
-        managed::Pool::builder(manager)
-            .max_size(target.max_size.max(1))
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(c.wait_timeout))
-            .create_timeout(Some(c.wait_timeout + c.connect_timeout))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .build()
-            .map_err(|e| PoolError::Unavailable(e.to_string()))
+        let pools = (0..slots::count(c.thread_slots))
+            .map(|_| {
+                managed::Pool::builder(manager())
+                    .max_size(target.max_size.max(1))
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .wait_timeout(Some(c.wait_timeout))
+                    .create_timeout(Some(c.wait_timeout + c.connect_timeout))
+                    .recycle_timeout(Some(Duration::from_secs(2)))
+                    .build()
+                    .map_err(|e| PoolError::Unavailable(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Slots::new(pools))
     }
 
     /// Drops a tenant's pool (suspended, deleted, moved): its connections close as they come back.
@@ -519,11 +545,14 @@ impl Pools {
         let now = self.inner.now_ms();
         let mut idle_pools = Vec::new();
         let per_server = self.active_per_server(now);
+        let aging = self.servers_to_age(&per_server);
         for entry in self.inner.pools.iter() {
             entry.pool.retain(|_, m| m.last_used() < c.idle_timeout);
-            let _ = entry
-                .uses
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2));
+            if aging.contains(&entry.server) {
+                let _ = entry
+                    .uses
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2));
+            }
             self.fit(&entry, &per_server);
             let unused_ms = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
             if entry.pool.status().size == 0 && unused_ms > c.pool_idle_timeout.as_millis() as u64 {
@@ -537,24 +566,59 @@ impl Pools {
         }
     }
 
-    /// Active pools per server, counted before a pass that resizes them: no second pass
-    /// over the map while iterating it.
-    fn active_per_server(&self, now: u64) -> std::collections::HashMap<i64, usize> {
-        let mut per_server = std::collections::HashMap::new();
+    /// Per server: its active pools and the sum of its pools' use counts, counted before
+    /// a pass that resizes them: no second pass over the map while iterating it.
+    fn active_per_server(&self, now: u64) -> HashMap<i64, Activity> {
+        let mut per_server: HashMap<i64, Activity> = HashMap::new();
         for entry in self.inner.pools.iter() {
+            let seen = per_server.entry(entry.server).or_default();
+            seen.uses += entry.uses.load(Ordering::Relaxed);
             if self.inner.is_active(&entry, now) {
-                *per_server.entry(entry.server).or_default() += 1;
+                seen.active += 1;
             }
         }
         per_server
     }
 
+    /// The servers whose use counts are halved in this pass: those that served
+    /// [`AGE_AFTER`] uses per permit of their budget since their last halving. Counts
+    /// age with the traffic, not with time (TinyLFU's rule): a quiet spell keeps what
+    /// was learnt of which tenants come back.
+    fn servers_to_age(&self, per_server: &HashMap<i64, Activity>) -> Vec<i64> {
+        let mut aged = self.inner.aged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (&server, seen) in per_server {
+            let limit = self.budget(server).limit.get().max(1) as u64;
+            let since = seen
+                .uses
+                .saturating_sub(aged.get(&server).copied().unwrap_or(0));
+            if since >= AGE_AFTER * limit {
+                aged.insert(server, seen.uses / 2);
+                out.push(server);
+            } else {
+                // Pools dropped since lower the sum: start from what is left.
+                let floor = aged.entry(server).or_default();
+                *floor = (*floor).min(seen.uses);
+            }
+        }
+        out
+    }
+
     /// Keeps a pool to this replica's part of its plan and its fair share of its
-    /// server's budget.
-    fn fit(&self, entry: &Entry, per_server: &std::collections::HashMap<i64, usize>) {
+    /// server's budget. On a server with no active pool it only lowers a size (the plan
+    /// share may have dropped): a pool grows again when it is next wanted
+    /// ([`Pools::refit`]), so a quiet spell does not hand every pool the whole budget.
+    fn fit(&self, entry: &Entry, per_server: &HashMap<i64, Activity>) {
         let budget = self.budget(entry.server).limit.get();
-        let pools = per_server.get(&entry.server).copied().unwrap_or(1).max(1);
-        entry.set_size(self.plan_share(entry.plan_size).min(budget / pools).max(1));
+        let active = per_server.get(&entry.server).map_or(0, |s| s.active);
+        let size = self
+            .plan_share(entry.plan_size)
+            .min(budget / active.max(1))
+            .max(1);
+        if active == 0 && size > entry.size.get() {
+            return;
+        }
+        entry.set_size(size);
     }
 
     /// A pool's size: its plan's (this replica's part of it), but no more than an even
@@ -629,6 +693,7 @@ mod tests {
                 answer_timeout: wait,
                 idle_timeout: wait,
                 pool_idle_timeout: wait,
+                thread_slots: 0,
                 session_options: String::new(),
                 priority_max_defer: Duration::ZERO,
             },

@@ -15,6 +15,7 @@ fn config() -> PoolConfig {
         answer_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_millis(400),
         pool_idle_timeout: Duration::from_millis(400),
+        thread_slots: 0,
         session_options: String::new(),
         priority_max_defer: Duration::ZERO,
     }

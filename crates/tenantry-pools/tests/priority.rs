@@ -24,6 +24,7 @@ fn pools(wait: Duration, max_defer: Duration) -> Pools {
             answer_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(60),
+            thread_slots: 0,
             session_options: String::new(),
             priority_max_defer: max_defer,
         },

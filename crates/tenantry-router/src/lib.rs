@@ -158,6 +158,7 @@ impl AppState {
                 pool_idle_timeout: Duration::from_secs(r.pool_idle_s),
                 // The tenant role's own limits, as start-up options: a tenant that changes
                 // its role's or database's settings does not change the router's sessions.
+                thread_slots: 0,
                 session_options: format!(
                     "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
                     settings.provision.statement_timeout_ms,
