@@ -126,7 +126,7 @@ const REFIT_MS: u64 = 50;
 
 /// A server's use counts are halved once its pools have served this many uses per
 /// permit of its budget since the last halving.
-const AGE_AFTER: u64 = 16;
+const AGE_AFTER: u64 = 64;
 
 /// What a reap pass counts of a server's pools.
 #[derive(Default)]
