@@ -330,6 +330,23 @@ async fn tokens_inputs_and_errors_over_http() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["Task"].is_object());
 
+    // A path no route has, and a method a route does not take: 404 in the error shape,
+    // labelled `unmatched`, never with a value from the request.
+    for (method, path) in [
+        (reqwest::Method::GET, "/no-such-route-7f3a".to_owned()),
+        (reqwest::Method::PUT, format!("/v1/tasks/{}", ids[0])),
+    ] {
+        let resp = http
+            .request(method, format!("{}{path}", r.base))
+            .header("authorization", &t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+
     let metrics = http
         .get(format!("{}/metrics", r.base))
         .send()
@@ -342,6 +359,15 @@ async fn tokens_inputs_and_errors_over_http() {
         metrics.contains("tenantry_http_requests_total{route=\"/v1/tasks/{id}\",status=\"404\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("tenantry_http_requests_total{route=\"unmatched\",status=\"404\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenantry_http_request_duration_seconds_count{route=\"/v1/tasks\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("no-such-route") && !metrics.contains(ids[0].as_str()));
     assert!(metrics.contains("tenantry_tenants{state=\"ready\"} 1"));
 }
 

@@ -177,29 +177,33 @@ impl Catalog {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, tasks_per_month, requests_per_minute, agents, api_access, pool_size,
-                        price_cents, priority
-                 FROM plans ORDER BY name",
+                &format!("SELECT {PLAN_COLUMNS} FROM plans p ORDER BY p.name"),
                 &[],
             )
             .await?;
-        Ok(rows
+        Ok(rows.iter().map(|r| plan_from_row(r, 0)).collect())
+    }
+}
+
+/// The columns a plan is read from, in the order [`plan_from_row`] takes them.
+pub const PLAN_COLUMNS: &str =
+    "p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access, p.pool_size, p.price_cents, p.priority";
+
+/// A plan from [`PLAN_COLUMNS`], selected from `plans p`, starting at column `first`.
+pub fn plan_from_row(r: &tokio_postgres::Row, first: usize) -> Plan {
+    Plan {
+        name: r.get(first),
+        tasks_per_month: r.get::<_, Option<i32>>(first + 1).map(|n| n as u32),
+        requests_per_minute: r.get::<_, i32>(first + 2) as u32,
+        agents: r
+            .get::<_, Vec<String>>(first + 3)
             .iter()
-            .map(|r| Plan {
-                name: r.get(0),
-                tasks_per_month: r.get::<_, Option<i32>>(1).map(|n| n as u32),
-                requests_per_minute: r.get::<_, i32>(2) as u32,
-                agents: r
-                    .get::<_, Vec<String>>(3)
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .collect(),
-                api_access: r.get(4),
-                pool_size: r.get::<_, i32>(5) as u32,
-                price_cents: r.get::<_, i32>(6) as u32,
-                priority: r.get::<_, i16>(7) as u8,
-            })
-            .collect())
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        api_access: r.get(first + 4),
+        pool_size: r.get::<_, i32>(first + 5) as u32,
+        price_cents: r.get::<_, i32>(first + 6) as u32,
+        priority: r.get::<_, i16>(first + 7) as u8,
     }
 }
 

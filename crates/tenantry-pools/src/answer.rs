@@ -71,12 +71,22 @@ impl Framer {
 }
 
 /// The answers a connection's server owes, and the deadline for its next byte.
+///
+/// A query costs no timer: the deadline is `since + limit`, kept as a time, and one
+/// timer per connection is armed only when an answer becomes owed while it is not armed.
+/// When it fires early (the server made progress since it was set), it is set again for
+/// the deadline as it stands then; when nothing is owed any more it is let go. So a busy
+/// connection re-arms it once per `limit`, not once per query.
 pub(crate) struct Answers {
     sent: Framer,
     received: Framer,
     owed: u64,
     limit: Duration,
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the server last made progress on what it owes (or first owed it).
+    since: Instant,
+    /// Fires at or before the deadline; `None` until first needed.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl Answers {
@@ -86,7 +96,9 @@ impl Answers {
             received: Framer::new(true),
             owed: 0,
             limit,
-            deadline: None,
+            since: Instant::now(),
+            timer: None,
+            armed: false,
         }
     }
 
@@ -98,10 +110,21 @@ impl Answers {
                 owed += 1;
             }
         });
+        if owed == 0 {
+            return;
+        }
+        if self.owed == 0 {
+            self.since = Instant::now();
+        }
         self.owed += owed;
-        if self.owed > 0 && self.deadline.is_none() {
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.limit)));
-            // Polled once, so that the task is woken when it passes.
+        if !self.armed {
+            let deadline = self.since + self.limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+            // Polled once, so that the task is woken when it fires.
             let _ = self.poll_overdue(cx);
         }
     }
@@ -118,18 +141,30 @@ impl Answers {
             }
         });
         self.owed = self.owed.saturating_sub(answered);
-        match (&mut self.deadline, self.owed) {
-            (_, 0) => self.deadline = None,
-            (Some(d), _) => d.as_mut().reset(Instant::now() + self.limit),
-            (None, _) => {}
+        if self.owed > 0 {
+            self.since = Instant::now();
         }
     }
 
     /// Ready once an answer is owed and nothing came for the whole limit.
     pub(crate) fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.deadline {
-            Some(d) => d.as_mut().poll(cx),
-            None => Poll::Pending,
+        let Some(timer) = self.timer.as_mut().filter(|_| self.armed) else {
+            return Poll::Pending;
+        };
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.owed == 0 {
+                // Nothing owed: let it go until an answer is owed again.
+                self.armed = false;
+                return Poll::Pending;
+            }
+            let deadline = self.since + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
         }
     }
 }
@@ -161,5 +196,47 @@ mod tests {
             }
             assert_eq!(kinds, [0, b'Q', b'P', b'S'], "chunks of {chunk}");
         }
+    }
+
+    fn query() -> Vec<u8> {
+        message(b'Q', b"SELECT 1\0")
+    }
+
+    fn ready() -> Vec<u8> {
+        message(b'Z', b"I")
+    }
+
+    /// Paused time: the runtime's clock moves only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_last_progress_and_only_while_an_answer_is_owed() {
+        let limit = Duration::from_secs(10);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut answers = Answers::new(limit);
+        let mut startup = 8u32.to_be_bytes().to_vec();
+        startup.extend_from_slice(&[0, 3, 0, 0]);
+        answers.wrote(&startup, &mut cx);
+        answers.read(&ready());
+        // Nothing owed: no deadline, however long the connection waits.
+        tokio::time::sleep(limit * 3).await;
+        assert!(answers.poll_overdue(&mut cx).is_pending());
+
+        // Owed, with progress every 6 s: never overdue, though the first timer fires.
+        answers.wrote(&query(), &mut cx);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert!(answers.poll_overdue(&mut cx).is_pending());
+            answers.read(&message(b'D', b"row"));
+        }
+        answers.read(&ready());
+        // Answered; the timer still set fires and is let go.
+        tokio::time::sleep(limit * 2).await;
+        assert!(answers.poll_overdue(&mut cx).is_pending());
+
+        // Owed again and nothing comes: overdue at the limit, not before.
+        answers.wrote(&query(), &mut cx);
+        tokio::time::sleep(limit - Duration::from_millis(1)).await;
+        assert!(answers.poll_overdue(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(answers.poll_overdue(&mut cx).is_ready());
     }
 }

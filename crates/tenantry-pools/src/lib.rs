@@ -368,6 +368,21 @@ impl Pools {
             .clone()
     }
 
+    /// Asks the target's server to cancel what the session of `token` runs, on a
+    /// connection of its own (as libpq's `PQcancel`), over TCP or the server's Unix
+    /// socket as the target says. An error only means the statement runs on to its end or
+    /// its timeout.
+    pub async fn cancel(
+        token: &tokio_postgres::CancelToken,
+        target: &Target,
+    ) -> std::io::Result<()> {
+        let socket = stream::Socket::connect(&target.host, target.port).await?;
+        token
+            .cancel_query_raw(socket, tokio_postgres::NoTls)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
     /// A connection to the tenant's database, within the wait deadline.
     pub async fn get(&self, target: &Target) -> Result<Lease, PoolError> {
         let (pool, size) = self.pool_for(target)?;

@@ -1,6 +1,7 @@
 //! The admin API: the provisioner's library behind HTTP, for programs. No lifecycle step
 //! is implemented here.
 
+use crate::edge::resource;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use tenantry_provision::{AddServer, CreateTenant, ErrorKind, ProvisionError};
@@ -10,27 +11,27 @@ use crate::error::{storable_opt, storable_text};
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/v1/tenants", web::post().to(create_tenant))
-        .route("/admin/v1/tenants", web::get().to(list_tenants))
-        .route("/admin/v1/tenants/{slug}", web::get().to(show_tenant))
-        .route("/admin/v1/tenants/{slug}", web::delete().to(delete_tenant))
-        .route("/admin/v1/tenants/{slug}", web::patch().to(change_tenant))
-        .route(
-            "/admin/v1/tenants/{slug}/suspend",
-            web::post().to(suspend_tenant),
-        )
-        .route(
-            "/admin/v1/tenants/{slug}/resume",
-            web::post().to(resume_tenant),
-        )
-        .route("/admin/v1/tenants/{slug}/move", web::post().to(move_tenant))
-        .route(
-            "/admin/v1/tenants/{slug}/export",
-            web::get().to(export_tenant),
-        )
-        .route("/admin/v1/servers", web::get().to(list_servers))
-        .route("/admin/v1/servers", web::post().to(add_server))
-        .route("/admin/v1/migrations", web::get().to(migrations));
+    cfg.service(
+        resource("/admin/v1/tenants")
+            .route(web::post().to(create_tenant))
+            .route(web::get().to(list_tenants)),
+    );
+    cfg.service(
+        resource("/admin/v1/tenants/{slug}")
+            .route(web::get().to(show_tenant))
+            .route(web::delete().to(delete_tenant))
+            .route(web::patch().to(change_tenant)),
+    );
+    cfg.service(resource("/admin/v1/tenants/{slug}/suspend").route(web::post().to(suspend_tenant)));
+    cfg.service(resource("/admin/v1/tenants/{slug}/resume").route(web::post().to(resume_tenant)));
+    cfg.service(resource("/admin/v1/tenants/{slug}/move").route(web::post().to(move_tenant)));
+    cfg.service(resource("/admin/v1/tenants/{slug}/export").route(web::get().to(export_tenant)));
+    cfg.service(
+        resource("/admin/v1/servers")
+            .route(web::get().to(list_servers))
+            .route(web::post().to(add_server)),
+    );
+    cfg.service(resource("/admin/v1/migrations").route(web::get().to(migrations)));
 }
 
 /// A tenant slug from a path: text that cannot be a slug names no tenant (and never

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::edge::resource;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -17,15 +18,12 @@ use crate::error::{storable_opt, storable_text};
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/v1/fleet", web::get().to(fleet))
-        .route("/admin/v1/fleet/tenants", web::get().to(fleet_tenants))
-        .route("/admin/v1/migration-runs", web::get().to(migration_runs))
-        .route(
-            "/admin/v1/migration-runs/{id}",
-            web::get().to(migration_run),
-        )
-        .route("/admin/v1/operations", web::get().to(operations))
-        .route("/admin/v1/operations/{id}", web::get().to(operation));
+    cfg.service(resource("/admin/v1/fleet").route(web::get().to(fleet)));
+    cfg.service(resource("/admin/v1/fleet/tenants").route(web::get().to(fleet_tenants)));
+    cfg.service(resource("/admin/v1/migration-runs").route(web::get().to(migration_runs)));
+    cfg.service(resource("/admin/v1/migration-runs/{id}").route(web::get().to(migration_run)));
+    cfg.service(resource("/admin/v1/operations").route(web::get().to(operations)));
+    cfg.service(resource("/admin/v1/operations/{id}").route(web::get().to(operation)));
 }
 
 /// Operation statuses the ledger writes (`operations.status`).

@@ -7,14 +7,15 @@
 use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
+use crate::edge::resource;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin", web::get().to(to_index))
-        .route("/admin/", web::get().to(index))
-        .route("/admin/console.js", web::get().to(script))
-        .route("/admin/console.css", web::get().to(style));
+    cfg.service(resource("/admin").route(web::get().to(to_index)));
+    cfg.service(resource("/admin/").route(web::get().to(index)));
+    cfg.service(resource("/admin/console.js").route(web::get().to(script)));
+    cfg.service(resource("/admin/console.css").route(web::get().to(style)));
 }
 
 /// The policy of every console response. `img-src data:` is for the page's empty icon.

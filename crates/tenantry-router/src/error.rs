@@ -141,7 +141,7 @@ impl ResponseError for ApiError {
 
 /// Unknown routes answer in the same shape as every other error.
 pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
-    req.extensions_mut().insert(crate::metrics::Unrouted);
+    req.extensions_mut().insert(crate::edge::Unrouted);
     ApiError::new(
         ErrorCode::NotFound,
         format!("no route for {} {}", req.method(), req.path()),
@@ -265,34 +265,6 @@ fn first_line(s: &str) -> String {
         .chars()
         .take(200)
         .collect()
-}
-
-/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`], before any
-/// handler (or token check) sees them.
-pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-pub(crate) async fn limit_headers(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if size > MAX_HEADER_BYTES {
-        req.extensions_mut().insert(crate::metrics::Unrouted);
-        let response = ApiError::new(
-            ErrorCode::HeadersTooLarge,
-            format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),
-        )
-        .error_response();
-        return Ok(req.into_response(response).map_into_right_body());
-    }
-    next.call(req).await.map(|r| r.map_into_left_body())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::edge::resource;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 use tenantry_catalog::{Catalog, CatalogError};
@@ -16,8 +17,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+    cfg.service(resource("/healthz").route(web::get().to(healthz)));
+    cfg.service(resource("/readyz").route(web::get().to(readyz)));
 }
 
 /// What the catalog said at the last look.

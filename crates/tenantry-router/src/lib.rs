@@ -9,6 +9,7 @@ mod admin_views;
 pub mod auth;
 pub mod business;
 mod console;
+mod edge;
 mod error;
 pub mod health;
 mod meter;
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{dev::ServerHandle, web, App, HttpMessage, HttpServer};
+use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use secrecy::SecretString;
 use tenantry_catalog::{Catalog, Sealer};
 use tenantry_config::Settings;
@@ -243,41 +244,6 @@ impl AppState {
     }
 }
 
-/// The root span of every request: its id, method, path and route, its status once
-/// answered, and its tenant once known. Built by hand rather than with
-/// `tracing_actix_web::root_span!`, which matches the route a second time and parses
-/// forwarding headers on every request; the route is recorded by [`metrics::record`],
-/// which matches it once for both.
-struct Spans;
-
-impl tracing_actix_web::RootSpanBuilder for Spans {
-    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
-        let request_id = request
-            .extensions()
-            .get::<tracing_actix_web::RequestId>()
-            .copied();
-        tracing::info_span!(
-            "request",
-            request_id = request_id.map(tracing::field::display),
-            http.method = %request.method(),
-            http.target = %request.path(),
-            http.route = tracing::field::Empty,
-            http.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            exception.message = tracing::field::Empty,
-            exception.details = tracing::field::Empty,
-            tenant = tracing::field::Empty,
-        )
-    }
-
-    fn on_request_end<B: actix_web::body::MessageBody>(
-        span: tracing::Span,
-        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
-    ) {
-        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
-    }
-}
-
 /// A started router: its bound address, a handle to stop it, and the future that
 /// completes when it has stopped.
 pub struct RunningRouter {
@@ -308,7 +274,7 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(data.clone())
-                    .route("/metrics", web::get().to(metrics::metrics))
+                    .service(edge::resource("/metrics").route(web::get().to(metrics::metrics)))
                     .default_service(web::to(error::not_found))
             })
             .disable_signals()
@@ -321,22 +287,19 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
         None => None,
     };
     let mut server = HttpServer::new(move || {
-        let metrics_route = web::get().to(metrics::metrics);
         App::new()
             .app_data(data.clone())
             .app_data(error::json_config(max_body))
             .app_data(error::query_config())
             .app_data(error::path_config())
-            .wrap(actix_web::middleware::from_fn(error::limit_headers))
-            .wrap(actix_web::middleware::from_fn(metrics::record))
-            .wrap(tracing_actix_web::TracingLogger::<Spans>::new())
+            .wrap(edge::Edge)
             .configure(health::routes)
             .configure(|cfg| {
                 if !metrics_apart {
-                    cfg.route("/metrics", metrics_route);
+                    cfg.service(edge::resource("/metrics").route(web::get().to(metrics::metrics)));
                 }
             })
-            .route("/openapi.json", web::get().to(openapi::openapi))
+            .service(edge::resource("/openapi.json").route(web::get().to(openapi::openapi)))
             .configure(tasks::routes)
             .configure(sql::routes)
             .configure(admin::routes)

@@ -14,7 +14,7 @@ use tenantry_catalog::Catalog;
 use tenantry_metering::Period;
 use uuid::Uuid;
 
-type RequestKey = (Uuid, NaiveDate, String, &'static str);
+type RequestKey = (Uuid, NaiveDate, &'static str, &'static str);
 type TaskKey = (Uuid, NaiveDate, &'static str);
 
 #[derive(Default)]
@@ -84,11 +84,11 @@ impl Meter {
     }
 
     /// One request of `tenant` on `route` (the route template) answered with `status`.
-    pub fn request(&self, tenant: Uuid, route: &str, status: u16) {
+    pub fn request(&self, tenant: Uuid, route: &'static str, status: u16) {
         let Some(class) = status_class(status) else {
             return;
         };
-        let key = (tenant, this_month(), route.to_owned(), class);
+        let key = (tenant, this_month(), route, class);
         *self.counts().requests.entry(key).or_default() += 1;
     }
 
@@ -170,7 +170,7 @@ async fn write(
         for ((id, period, route, class), n) in &counts.requests {
             ids.push(*id);
             periods.push(*period);
-            routes.push(route.as_str());
+            routes.push(*route);
             classes.push(*class);
             ns.push(*n);
         }
@@ -248,14 +248,8 @@ mod tests {
         m.task(a, "codex", 10);
         let taken = std::mem::take(&mut *m.counts());
         let month = this_month();
-        assert_eq!(
-            taken.requests[&(a, month, "/v1/tasks/{id}".to_owned(), "2xx")],
-            2
-        );
-        assert_eq!(
-            taken.requests[&(a, month, "/v1/tasks/{id}".to_owned(), "4xx")],
-            1
-        );
+        assert_eq!(taken.requests[&(a, month, "/v1/tasks/{id}", "2xx")], 2);
+        assert_eq!(taken.requests[&(a, month, "/v1/tasks/{id}", "4xx")], 1);
         assert_eq!(taken.requests.len(), 3);
         assert_eq!(taken.tasks[&(a, month, "codex")], (2, 20));
         // Counted meanwhile, then the failed batch comes back: nothing lost, nothing twice.

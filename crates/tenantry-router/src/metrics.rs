@@ -2,18 +2,12 @@
 //! the tenant cache, pool budgets and open connections per server, tenants by state.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::HttpMessage;
 use actix_web::{web, HttpResponse};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::meter::Billed;
 use crate::AppState;
 
 pub struct Metrics {
@@ -182,76 +176,20 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// A request answered on `route` (its pattern) with `status` after `seconds`.
+    pub(crate) fn request(&self, route: &str, status: actix_web::http::StatusCode, seconds: f64) {
+        self.requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        self.latency.with_label_values(&[route]).observe(seconds);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Counts and times every request under its route pattern (never the raw path, which
-/// would make one series per task id), and meters it for its tenant once one resolved.
-pub(crate) async fn record(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let billed = Billed::default();
-    req.extensions_mut().insert(billed.clone());
-    let response = next.call(req).await?;
-    let route = route_label(response.request());
-    tracing::Span::current().record("http.route", route.as_str());
-    if let Some(state) = state {
-        let status = response.status();
-        if let Some(tenant) = billed.get() {
-            state.meter.request(tenant, &route, status.as_u16());
-        }
-        state
-            .metrics
-            .requests
-            .with_label_values(&[route.as_str(), status.as_str()])
-            .inc();
-        state
-            .metrics
-            .latency
-            .with_label_values(&[&route])
-            .observe(started.elapsed().as_secs_f64());
-    }
-    Ok(response)
-}
-
-/// Marks a request no route took (the default service, a refusal before routing): its
-/// label is `unmatched`.
-pub(crate) struct Unrouted;
-
-/// The route pattern a request matched: its path with each captured segment put back
-/// as `{name}`. (`HttpRequest::match_pattern` would match the path against the routes
-/// again, with a regex per dynamic route.) A segment that cannot be found as captured
-/// (percent-encoded, say) makes the label `unmatched`, so a label never carries a
-/// value from the request.
-pub(crate) fn route_label(req: &actix_web::HttpRequest) -> String {
-    if req.extensions().contains::<Unrouted>() {
-        return "unmatched".to_owned();
-    }
-    let mut segments: Vec<&str> = req.path().split('/').collect();
-    let mut names: Vec<Option<String>> = vec![None; segments.len()];
-    let mut end = segments.len();
-    let captures: Vec<(&str, &str)> = req.match_info().iter().collect();
-    for (name, value) in captures.into_iter().rev() {
-        match segments[..end].iter().rposition(|s| *s == value) {
-            Some(i) => {
-                names[i] = Some(format!("{{{name}}}"));
-                end = i;
-            }
-            None => return "unmatched".to_owned(),
-        }
-    }
-    for (segment, name) in segments.iter_mut().zip(&names) {
-        if let Some(name) = name {
-            *segment = name;
-        }
-    }
-    segments.join("/")
 }
 
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -295,38 +233,4 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::test::TestRequest;
-
-    fn label(uri: &str, params: &[(&'static str, &'static str)]) -> String {
-        let mut req = TestRequest::with_uri(uri);
-        for (name, value) in params {
-            req = req.param(*name, *value);
-        }
-        route_label(&req.to_http_request())
-    }
-
-    #[test]
-    fn a_label_is_the_route_pattern_and_never_a_value_from_the_request() {
-        assert_eq!(label("/v1/usage", &[]), "/v1/usage");
-        assert_eq!(label("/v1/tasks/abc", &[("id", "abc")]), "/v1/tasks/{id}");
-        // A value equal to a fixed segment: the captured one is the later one.
-        assert_eq!(
-            label("/v1/tasks/tasks", &[("id", "tasks")]),
-            "/v1/tasks/{id}"
-        );
-        assert_eq!(
-            label("/admin/v1/tenants/acme/suspend", &[("slug", "acme")]),
-            "/admin/v1/tenants/{slug}/suspend"
-        );
-        // Percent-encoded in the path, decoded in the capture: not found, not echoed.
-        assert_eq!(label("/v1/tasks/%41b", &[("id", "Ab")]), "unmatched");
-        let req = TestRequest::with_uri("/no/such/route").to_http_request();
-        req.extensions_mut().insert(Unrouted);
-        assert_eq!(route_label(&req), "unmatched");
-    }
 }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use tenantry_catalog::{Catalog, CatalogError, Sealed, Sealer};
-use tenantry_types::{Agent, Plan, TenantState};
+use tenantry_pools::Target;
+use tenantry_types::{Plan, TenantState};
 use uuid::Uuid;
 
 /// Where a tenant's requests go, and what its plan allows.
@@ -30,14 +31,10 @@ pub struct Route {
     /// When this incarnation of the slug was created, in Unix seconds (rounded down).
     pub created_at_s: i64,
     pub state: TenantState,
-    pub generation: i64,
     pub schema_version: i32,
-    pub server: i64,
-    pub host: String,
-    pub port: u16,
-    pub database: String,
-    pub role: String,
-    pub password: SecretString,
+    /// Where its connections go, as its role, and its plan's pool size and priority:
+    /// built once per load, so a request clones nothing to ask for a connection.
+    pub target: Target,
     pub plan: Plan,
     /// Whether a move is under way that the router must know of.
     pub moving: Moving,
@@ -53,6 +50,18 @@ pub enum Moving {
     /// requests wait for the flip (`router.cutover_hold_ms` at most).
     Cutover,
 }
+
+/// A live tenant's route by slug: the tenant's columns, then its plan's from column 14.
+static ROUTE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
+                t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
+                floor(extract(epoch FROM t.created_at))::int8, t.moving, {}
+         FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
+         WHERE t.slug = $1 AND t.state <> 'deleted'",
+        tenantry_catalog::PLAN_COLUMNS
+    )
+});
 
 /// A cached answer: the route, or `None` for a slug no live tenant has; when it was
 /// loaded, and under which listener session (`Resolver::session`).
@@ -282,17 +291,7 @@ impl Resolver {
 
     async fn load(&self, slug: &str) -> Result<Option<Route>, CatalogError> {
         let client = self.catalog.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
-                        t.role_name, t.credentials, t.key_version, s.id, s.host, s.port,
-                        p.name, p.tasks_per_month, p.requests_per_minute, p.agents, p.api_access,
-                        p.pool_size, floor(extract(epoch FROM t.created_at))::int8,
-                        p.price_cents, p.priority, t.moving
-                 FROM tenants t JOIN servers s ON s.id = t.server_id JOIN plans p ON p.name = t.plan
-                 WHERE t.slug = $1 AND t.state <> 'deleted'",
-            )
-            .await?;
+        let statement = client.prepare_cached(&ROUTE_QUERY).await?;
         let Some(r) = client.query_opt(&statement, &[&slug]).await? else {
             return Ok(None);
         };
@@ -312,34 +311,27 @@ impl Resolver {
             }
             None => SecretString::from(String::new()),
         };
+        let plan = tenantry_catalog::plan_from_row(&r, 14);
         Ok(Some(Route {
             tenant,
             slug: r.get(1),
-            created_at_s: r.get(18),
+            created_at_s: r.get(12),
             state,
-            generation: r.get(3),
             schema_version: r.get(4),
-            database: r.get(5),
-            role: r.get(6),
-            server: r.get(9),
-            host: r.get(10),
-            port: r.get::<_, i32>(11) as u16,
-            password,
-            plan: Plan {
-                name: r.get(12),
-                tasks_per_month: r.get::<_, Option<i32>>(13).map(|n| n as u32),
-                requests_per_minute: r.get::<_, i32>(14) as u32,
-                agents: r
-                    .get::<_, Vec<String>>(15)
-                    .iter()
-                    .filter_map(|a| a.parse::<Agent>().ok())
-                    .collect(),
-                api_access: r.get(16),
-                pool_size: r.get::<_, i32>(17) as u32,
-                price_cents: r.get::<_, i32>(19) as u32,
-                priority: r.get::<_, i16>(20) as u8,
+            target: Target {
+                tenant,
+                generation: r.get(3),
+                server: r.get(9),
+                host: r.get(10),
+                port: r.get::<_, i32>(11) as u16,
+                database: r.get(5),
+                user: r.get(6),
+                password,
+                max_size: plan.pool_size as usize,
+                priority: plan.priority,
             },
-            moving: match r.get::<_, Option<&str>>(21) {
+            plan,
+            moving: match r.get::<_, Option<&str>>(13) {
                 Some("offline") => Moving::Offline,
                 Some("cutover") => Moving::Cutover,
                 _ => Moving::No,

@@ -1,5 +1,6 @@
 //! The tenant API: tasks, usage, and the monthly quota.
 
+use crate::edge::resource;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Datelike, Utc};
@@ -14,12 +15,18 @@ use crate::tenant::{db_error, TenantCtx};
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tasks", web::post().to(create))
-        .route("/v1/tasks", web::get().to(list))
-        .route("/v1/tasks/{id}", web::get().to(get))
-        .route("/v1/tasks/{id}", web::patch().to(update))
-        .route("/v1/tasks/{id}", web::delete().to(delete))
-        .route("/v1/usage", web::get().to(usage));
+    cfg.service(
+        resource("/v1/tasks")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    );
+    cfg.service(
+        resource("/v1/tasks/{id}")
+            .route(web::get().to(get))
+            .route(web::patch().to(update))
+            .route(web::delete().to(delete)),
+    );
+    cfg.service(resource("/v1/usage").route(web::get().to(usage)));
 }
 
 /// The columns of a task, in the order `task()` reads them.

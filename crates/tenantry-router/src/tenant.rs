@@ -8,7 +8,7 @@ use actix_web::web;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tenantry_pools::{Lease, PoolError, Target};
+use tenantry_pools::{Lease, PoolError};
 use tenantry_types::TenantState;
 use uuid::Uuid;
 
@@ -194,25 +194,13 @@ impl TenantCtx {
 
     /// A connection to the tenant's own database, as the tenant's own role.
     pub async fn conn(&self) -> Result<Lease, ApiError> {
-        let r = &self.route;
-        let target = Target {
-            tenant: r.tenant,
-            generation: r.generation,
-            server: r.server,
-            host: r.host.clone(),
-            port: r.port,
-            database: r.database.clone(),
-            user: r.role.clone(),
-            password: r.password.clone(),
-            max_size: r.plan.pool_size as usize,
-            priority: r.plan.priority,
-        };
-        self.state.pools.get(&target).await.map_err(|e| {
+        let target = &self.route.target;
+        self.state.pools.get(target).await.map_err(|e| {
             let retry = match &e {
                 PoolError::Busy => 1,
                 PoolError::Unavailable(_) => 5,
             };
-            tracing::warn!(error = %e, db = %r.database, "no connection for the tenant");
+            tracing::warn!(error = %e, db = %target.database, "no connection for the tenant");
             ApiError::new(
                 ErrorCode::TenantUnavailable,
                 "the tenant's database is unavailable or busy; retry shortly",

@@ -1,6 +1,7 @@
 //! `GET /admin/v1/usage`: a period's usage records (`tenantry_metering`), as `tenantry
 //! usage export` writes them.
 
+use crate::edge::resource;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use tenantry_metering::{ExportOptions, Format, MeteringError, Period};
@@ -9,7 +10,7 @@ use crate::auth::AdminAuth;
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/v1/usage", web::get().to(usage));
+    cfg.service(resource("/admin/v1/usage").route(web::get().to(usage)));
 }
 
 #[derive(Debug, Deserialize)]

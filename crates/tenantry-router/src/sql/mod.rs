@@ -6,6 +6,7 @@
 mod gate;
 mod values;
 
+use crate::edge::resource;
 use actix_web::{web, HttpResponse};
 use bytes::BytesMut;
 use futures_util::TryStreamExt;
@@ -18,7 +19,7 @@ use crate::tenant::{db_error, TenantCtx};
 use crate::{ApiError, AppState, ErrorCode};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sql", web::post().to(run));
+    cfg.service(resource("/v1/sql").route(web::post().to(run)));
 }
 
 /// Limits of the SQL API.
@@ -250,18 +251,11 @@ async fn execute(
     Ok((columns, rows, truncated))
 }
 
-/// Asks the server to cancel the connection's running statement (a cancel request on a
-/// connection of its own, as libpq's `PQcancel`); a failure only means it runs on to
-/// its end or its timeout.
+/// Asks the server to cancel the connection's running statement (over TCP or the
+/// server's Unix socket, as its connections go); a failure only means it runs on to its
+/// end or its timeout.
 async fn cancel_statement(token: &tokio_postgres::CancelToken, ctx: &TenantCtx) {
-    let r = &ctx.route;
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((r.host.as_str(), r.port)).await?;
-        token
-            .cancel_query_raw(tcp, tokio_postgres::NoTls)
-            .await
-            .map_err(std::io::Error::other)
-    };
+    let attempt = tenantry_pools::Pools::cancel(token, &ctx.route.target);
     match tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "cancel request failed"),
