@@ -275,6 +275,19 @@ async fn connection_opens(
     (per_second, samples)
 }
 
+/// One `GET` with its token, which must succeed; how long it took.
+async fn timed_get(http: &reqwest::Client, url: &str, auth: &str) -> Duration {
+    let t = Instant::now();
+    let r = http
+        .get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    t.elapsed()
+}
+
 /// A cold request's parts, each timed alone on `tenants` (cold: never resolved, no
 /// connection), `t{first}` onwards: the catalog lookup (the resolver's, sealed password
 /// opened), the TCP connect, the start-up with SCRAM authentication, and the first query
@@ -505,15 +518,7 @@ async fn run() -> Report {
         let first = TENANTS - COLD_RUNS * COLD_PER_RUN + run * COLD_PER_RUN;
         let mut samples = Vec::new();
         for (url, auth) in &requests[first..first + COLD_PER_RUN] {
-            let t = Instant::now();
-            let r = http
-                .get(url)
-                .header("authorization", auth)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-            samples.push(t.elapsed());
+            samples.push(timed_get(&http, url, auth).await);
         }
         cold_p99.push(Summary::new("", &samples, Duration::ZERO).p99_ms);
         cold.extend(samples);
@@ -534,16 +539,9 @@ async fn run() -> Report {
     let full_first = parts_first - fill - COLD_FULL;
     let mut at_full = Vec::new();
     for (k, (url, auth)) in requests[full_first..parts_first].iter().enumerate() {
-        let t = Instant::now();
-        let r = http
-            .get(url)
-            .header("authorization", auth)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        let took = timed_get(&http, url, auth).await;
         if k >= fill {
-            at_full.push(t.elapsed());
+            at_full.push(took);
         }
     }
     let cold_full = Summary::new(

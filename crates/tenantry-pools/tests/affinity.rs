@@ -76,14 +76,8 @@ fn each_worker_thread_takes_the_idle_connection_it_drives() {
     target.max_size = 2;
     let pools = Pools::new(
         PoolConfig {
-            wait_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            answer_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(60),
             thread_slots: 2,
-            session_options: String::new(),
-            priority_max_defer: Duration::ZERO,
+            ..support::config()
         },
         10,
     );

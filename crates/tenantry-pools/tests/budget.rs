@@ -12,12 +12,9 @@ fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_millis(300),
         connect_timeout: Duration::from_secs(2),
-        answer_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_millis(400),
         pool_idle_timeout: Duration::from_millis(400),
-        thread_slots: 0,
-        session_options: String::new(),
-        priority_max_defer: Duration::ZERO,
+        ..support::config()
     }
 }
 

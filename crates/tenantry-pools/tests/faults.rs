@@ -16,13 +16,7 @@ use support::{numbered, settle, usage};
 fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_millis(300),
-        connect_timeout: Duration::from_secs(5),
-        answer_timeout: Duration::from_secs(30),
-        idle_timeout: Duration::from_secs(60),
-        pool_idle_timeout: Duration::from_secs(60),
-        thread_slots: 0,
-        session_options: String::new(),
-        priority_max_defer: Duration::ZERO,
+        ..support::config()
     }
 }
 

@@ -20,13 +20,8 @@ fn pools(wait: Duration, max_defer: Duration) -> Pools {
     let pools = Pools::new(
         PoolConfig {
             wait_timeout: wait,
-            connect_timeout: Duration::from_secs(5),
-            answer_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(60),
-            thread_slots: 0,
-            session_options: String::new(),
             priority_max_defer: max_defer,
+            ..support::config()
         },
         1,
     );

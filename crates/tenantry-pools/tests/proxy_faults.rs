@@ -33,10 +33,8 @@ fn config() -> PoolConfig {
         connect_timeout: CONNECT,
         answer_timeout: ANSWER,
         idle_timeout: Duration::from_secs(1),
-        pool_idle_timeout: Duration::from_secs(60),
-        thread_slots: 0,
         session_options: "-c statement_timeout=1500".into(),
-        priority_max_defer: Duration::ZERO,
+        ..support::config()
     }
 }
 

@@ -17,16 +17,11 @@ async fn a_statement_on_a_socket_server_is_cancelled_through_the_socket() {
         host: dir.display().to_string(),
         ..numbered(&pg, "sock", 1).await.remove(0)
     };
+    // The answer deadline well past the statement's wait for its cancel.
     let pools = Pools::new(
         PoolConfig {
-            wait_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(60),
-            thread_slots: 0,
-            session_options: String::new(),
-            priority_max_defer: Duration::ZERO,
+            ..support::config()
         },
         4,
     );

@@ -174,9 +174,7 @@ impl Metrics {
             tenants,
         }
     }
-}
 
-impl Metrics {
     /// A request answered on `route` (its pattern) with `status` after `seconds`.
     pub(crate) fn request(&self, route: &str, status: actix_web::http::StatusCode, seconds: f64) {
         self.requests

@@ -51,7 +51,8 @@ pub enum Moving {
     Cutover,
 }
 
-/// A live tenant's route by slug: the tenant's columns, then its plan's from column 14.
+/// A live tenant's route by slug: the tenant's columns, then its plan's from
+/// [`ROUTE_PLAN_AT`].
 static ROUTE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT t.id, t.slug, t.state, t.generation, t.schema_version, t.database_name,
@@ -62,6 +63,9 @@ static ROUTE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         tenantry_catalog::PLAN_COLUMNS
     )
 });
+
+/// The column of [`ROUTE_QUERY`] its plan's columns start at.
+const ROUTE_PLAN_AT: usize = 14;
 
 /// A cached answer: the route, or `None` for a slug no live tenant has; when it was
 /// loaded, and under which listener session (`Resolver::session`).
@@ -311,7 +315,7 @@ impl Resolver {
             }
             None => SecretString::from(String::new()),
         };
-        let plan = tenantry_catalog::plan_from_row(&r, 14);
+        let plan = tenantry_catalog::plan_from_row(&r, ROUTE_PLAN_AT);
         Ok(Some(Route {
             tenant,
             slug: r.get(1),

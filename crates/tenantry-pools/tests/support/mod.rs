@@ -1,13 +1,28 @@
-//! What the pools' tests share: tenants (a role and a database each) on a real server,
-//! and the server's books.
+//! What the pools' tests share: their settings, tenants (a role and a database each) on
+//! a real server, and the server's books.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use tenantry_pools::{Pools, ServerUsage, Target};
+use tenantry_pools::{PoolConfig, Pools, ServerUsage, Target};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
+
+/// The settings the tests start from: generous deadlines, no session options, arrival
+/// order, one pool per core. A test states only what it changes.
+pub fn config() -> PoolConfig {
+    PoolConfig {
+        wait_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        answer_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        pool_idle_timeout: Duration::from_secs(60),
+        thread_slots: 0,
+        session_options: String::new(),
+        priority_max_defer: Duration::ZERO,
+    }
+}
 
 /// A role and a database per name (both so named, password `pw`), on server 1; each
 /// target carries its priority.
