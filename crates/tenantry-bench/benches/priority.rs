@@ -43,6 +43,7 @@ async fn round(targets: Arc<Vec<(&'static str, Target)>>, max_defer: Duration) -
             thread_slots: 0,
             session_options: String::new(),
             priority_max_defer: max_defer,
+            handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
         },
         BUDGET,
     );

@@ -61,6 +61,9 @@ pub struct Ratio {
     /// Each round's value, in the order they ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<f64>,
+    /// What `value` counts, when it is a figure of its own rather than a ratio ("ms").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl Ratio {
@@ -74,7 +77,14 @@ impl Ratio {
             meaning: meaning.into(),
             range: sorted.first().zip(sorted.last()).map(|(a, b)| (*a, *b)),
             rounds: rounds.to_vec(),
+            unit: None,
         }
+    }
+
+    /// The figure is counted in `unit`, not a ratio.
+    pub fn in_unit(mut self, unit: &str) -> Self {
+        self.unit = Some(unit.into());
+        self
     }
 }
 
@@ -124,7 +134,11 @@ impl Report {
                     .range
                     .map(|(lo, hi)| format!(" [{lo:.2}–{hi:.2}]"))
                     .unwrap_or_default();
-                println!("  {:<44} {:>6.2}x{range}  {}", r.name, r.value, r.meaning);
+                let unit = r.unit.as_deref().map_or("x".into(), |u| format!(" {u}"));
+                println!(
+                    "  {:<44} {:>6.2}{unit}{range}  {}",
+                    r.name, r.value, r.meaning
+                );
             }
         }
         let dir = target_dir().join("bench");

@@ -1,37 +1,32 @@
 //! A server's connection budget and the books kept on it: permits, open connections,
 //! debt after a lowered limit, waiters, and evictions whose permits are still to come back.
 
+use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::limit::Limit;
-use crate::queue::Waiters;
 
 /// A server's share of connections.
 pub struct Budget {
     /// Its permits; lowered, the connections over it close before their permits come
-    /// back to anyone.
-    pub(crate) limit: Limit,
+    /// back to anyone. Its waiters are ranked by priority, the highest first, and wait
+    /// for higher ones at most `max_defer` ([`crate::queue`]).
+    pub(crate) limit: Limit<Reverse<u8>>,
     pub(crate) open: AtomicUsize,
     /// Connections opened and idle connections closed to make room, since start.
     pub(crate) opened: AtomicU64,
     pub(crate) evicted: AtomicU64,
-    /// Requests waiting for a permit, and evicted connections whose permits are still
-    /// to come back (the server has not closed them yet): a waiter evicts only while
-    /// there are fewer of the latter than of the former, so a slow close does not make
-    /// it evict a second tenant (who would then evict a third, and so on). A connection
-    /// is counted in `evicting` only if it was still open when chosen (see [`Life`]), and
-    /// uncounted exactly once, when its permit comes back.
-    pub(crate) waiting: AtomicUsize,
+    /// Evicted connections whose permits are still to come back (the server has not
+    /// closed them yet): a waiter evicts only while there are fewer of these than
+    /// waiters (`limit.waiting`), so a slow close does not make it evict a second
+    /// tenant (who would then evict a third, and so on). A connection is counted here
+    /// only if it was still open when chosen (see [`Life`]), and uncounted exactly once,
+    /// when its permit comes back.
     pub(crate) evicting: AtomicUsize,
-    /// The waiters, in the order they get permits (see [`crate::queue`]): nobody waits
-    /// inside the semaphore, permits are handed to them.
-    pub(crate) waiters: Mutex<Waiters>,
-    /// How long a waiter defers to higher priorities at most.
-    pub(crate) max_defer: Duration,
 }
 
 /// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
@@ -81,14 +76,11 @@ impl Life {
 impl Budget {
     pub(crate) fn new(limit: usize, max_defer: Duration) -> Self {
         Self {
-            limit: Limit::new(limit),
+            limit: Limit::new(limit, max_defer),
             open: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
             evicting: AtomicUsize::new(0),
-            waiters: Mutex::new(Waiters::default()),
-            max_defer,
         }
     }
 
@@ -100,9 +92,7 @@ impl Budget {
     }
 
     pub(crate) fn set_limit(&self, new: usize) {
-        if self.limit.set(new) {
-            self.returned();
-        }
+        self.limit.set(new);
     }
 }
 
@@ -122,9 +112,7 @@ impl Drop for Slot {
         // eviction uncounted after: a waiter that sees the count drop finds the permit
         // already given out, and does not close another tenant's connection for a
         // permit on its way.
-        if self.budget.limit.give_back(permit) {
-            self.budget.returned();
-        }
+        self.budget.limit.give_back(permit, None);
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
         if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
             let counted = self

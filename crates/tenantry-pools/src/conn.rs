@@ -2,6 +2,7 @@
 //! tenant's role, holding a permit of its server's budget for as long as the server
 //! keeps the session open.
 
+use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -96,19 +97,16 @@ impl Manager {
     /// until the deadline.
     async fn permit(&self, deadline: tokio::time::Instant) -> Result<Slot, ConnError> {
         let budget = &self.budget;
-        // Nobody ahead: a free permit is taken (a waiter would be handed it otherwise).
-        if budget.waiting.load(Ordering::SeqCst) == 0 {
-            if let Ok(p) = budget.limit.semaphore.clone().try_acquire_owned() {
-                return Ok(self.slot(p));
-            }
+        if let Some(p) = budget.limit.try_take() {
+            return Ok(self.slot(p));
         }
-        let mut wait = budget.wait(self.priority);
+        let mut wait = budget.limit.wait(Reverse(self.priority), None);
         let permit = loop {
             if let Some(p) = wait.granted() {
                 break p;
             }
-            let short =
-                budget.evicting.load(Ordering::SeqCst) < budget.waiting.load(Ordering::SeqCst);
+            let short = budget.evicting.load(Ordering::SeqCst)
+                < budget.limit.waiting.load(Ordering::SeqCst);
             if short {
                 if let Some(pools) = self.pools.upgrade() {
                     pools.evict_one_idle(self.server, self.tenant);

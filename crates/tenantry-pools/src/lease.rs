@@ -9,7 +9,8 @@
 //! live replicas and the server's budget, is a [`Limit`] of its own instead: a request
 //! holds one of its permits for as long as it holds the connection. Lowered, the limit
 //! closes idle connections over it at once ([`crate::Pools`]' `fit`) and connections in
-//! use as they come back.
+//! use as they come back. Given back, a permit goes first to a request waiting on the
+//! thread that drives the returned connection ([`crate::slots`]).
 
 use std::sync::Arc;
 
@@ -25,22 +26,26 @@ use crate::Object;
 pub struct Lease {
     conn: Option<Object>,
     permit: Option<OwnedSemaphorePermit>,
-    size: Arc<Limit>,
+    size: Arc<Limit<usize>>,
     slots: Arc<Slots>,
+    /// The slot of the pool the connection came from: the thread driving it.
+    slot: usize,
 }
 
 impl Lease {
     pub(crate) fn new(
         conn: Object,
         permit: OwnedSemaphorePermit,
-        size: Arc<Limit>,
+        size: Arc<Limit<usize>>,
         slots: Arc<Slots>,
+        slot: usize,
     ) -> Self {
         Self {
             conn: Some(conn),
             permit: Some(permit),
             size,
             slots,
+            slot,
         }
     }
 
@@ -75,8 +80,8 @@ impl Drop for Lease {
             return;
         };
         // The connection first, then the permit: whoever the permit lets in finds the
-        // connection idle in the pool. Over a lowered size, the connection closes and
-        // its permit pays the debt.
+        // connection idle in the pool (a waiter on the thread driving it first). Over a
+        // lowered size, the connection closes and its permit pays the debt.
         if self.size.owed() {
             permit.forget();
             if let Some(conn) = self.conn.take() {
@@ -92,6 +97,7 @@ impl Drop for Lease {
             }
             drop(self.conn.take());
             drop(permit);
+            self.size.returned(Some(self.slot));
         }
     }
 }

@@ -13,9 +13,11 @@
 //!   the other pool on the server used least lately (a use count that ages with the
 //!   server's traffic, then the last use) is closed to make room; if none is idle, the request waits up to the wait deadline and then fails as
 //!   [`PoolError::Busy`] (the router answers 503 with Retry-After).
-//! * Waiters get permits in **priority** order ([`Target::priority`], the plan's), a lower
-//!   one deferring to higher ones for at most [`PoolConfig::priority_max_defer`], then
-//!   served in arrival order ([`queue`]).
+//! * Waiters get budget permits in **priority** order ([`Target::priority`], the plan's),
+//!   a lower one deferring to higher ones for at most [`PoolConfig::priority_max_defer`],
+//!   then served in arrival order ([`queue`]). A tenant's own waiters get its returned
+//!   connections **by thread**: a waiter on the thread that drives the connection
+//!   first, for at most [`PoolConfig::handover_max_defer`] ([`slots`]).
 //! * The books balance on every path: each connection's permit, its `open` count and
 //!   (if it was evicted) its `evicting` count come back exactly once, when the task
 //!   driving it ends, however it ends; waiters uncount themselves when dropped.
@@ -71,6 +73,10 @@ pub struct PoolConfig {
     /// The longest a request waiting for a budget permit lets requests of a higher
     /// priority go first; past it, it is served in arrival order. Zero: arrival order.
     pub priority_max_defer: Duration,
+    /// The longest a request waiting for one of its tenant's connections lets requests
+    /// on the thread that drives a returned connection go first ([`slots`]); zero:
+    /// arrival order. [`HANDOVER_MAX_DEFER`] in the router.
+    pub handover_max_defer: Duration,
 }
 
 /// Where and as whom a tenant's pool connects.
@@ -124,6 +130,13 @@ const ACTIVE_MS: u64 = 1_000;
 /// (between the reaper's passes), so a grown share is taken when it is wanted.
 const REFIT_MS: u64 = 50;
 
+/// How long a request waiting for one of its tenant's connections lets requests on the
+/// thread that drives a returned connection go first ([`slots`]), in the router. Above
+/// a busy tenant's usual wait for its own connections (a millisecond or two when it
+/// queues), so the threads keep to their own; short enough that a thread left with few
+/// of the tenant's connections costs its requests little.
+pub const HANDOVER_MAX_DEFER: Duration = Duration::from_millis(5);
+
 /// A server's use counts are halved once its pools have served this many uses per
 /// permit of its budget since the last halving.
 const AGE_AFTER: u64 = 64;
@@ -149,7 +162,7 @@ struct Entry {
     /// of it is the most `size` may grow to.
     plan_size: usize,
     /// How many connections the pool may lend at once in this replica (see [`lease`]).
-    size: Arc<Limit>,
+    size: Arc<Limit<usize>>,
 }
 
 impl Entry {
@@ -386,24 +399,24 @@ impl Pools {
     /// A connection to the tenant's database, within the wait deadline.
     pub async fn get(&self, target: &Target) -> Result<Lease, PoolError> {
         let (pool, size) = self.pool_for(target)?;
-        let permit = match size.semaphore.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => match tokio::time::timeout(self.inner.config.wait_timeout, async {
+        let permit = match size.try_take() {
+            Some(p) => p,
+            None => {
+                let mine = pool.mine();
+                let mut wait = size.wait(mine, Some(mine));
                 // At its size: the share may have grown since the last reap (other
                 // tenants went quiet); taken now rather than a second later.
                 self.refit(target.tenant);
-                size.semaphore.clone().acquire_owned().await
-            })
-            .await
-            {
-                Ok(Ok(p)) => p,
-                _ => return Err(PoolError::Busy),
-            },
+                let granted = wait.granted_within(self.inner.config.wait_timeout).await;
+                drop(wait);
+                granted.ok_or(PoolError::Busy)?
+            }
         };
-        match pool.pick().get().await {
-            Ok(conn) => Ok(Lease::new(conn, permit, size, pool)),
+        let (slot, picked) = pool.pick();
+        match picked.get().await {
+            Ok(conn) => Ok(Lease::new(conn, permit, size, pool, slot)),
             Err(e) => {
-                size.give_back(permit);
+                size.give_back(permit, Some(slot));
                 Err(Self::pool_error(e))
             }
         }
@@ -426,7 +439,7 @@ impl Pools {
     }
 
     /// The tenant's pool and its size in this replica.
-    fn pool_for(&self, target: &Target) -> Result<(Arc<Slots>, Arc<Limit>), PoolError> {
+    fn pool_for(&self, target: &Target) -> Result<(Arc<Slots>, Arc<Limit<usize>>), PoolError> {
         use dashmap::mapref::entry::Entry as Slot;
         let now = self.inner.now_ms();
         // Clone the pool out: no map guard is held across an await. A request that read
@@ -441,6 +454,7 @@ impl Pools {
         // Sized and built with no guard held (sizing reads the map).
         let size = Arc::new(Limit::new(
             self.fair_size(target.server, self.plan_share(target.max_size)),
+            self.inner.config.handover_max_defer,
         ));
         let built = Arc::new(self.build(target)?);
         let entry = Entry {
@@ -668,6 +682,14 @@ impl Pools {
         })
     }
 
+    /// Requests waiting for one of the tenant's connections in this process.
+    pub fn waiting(&self, tenant: Uuid) -> usize {
+        self.inner
+            .pools
+            .get(&tenant)
+            .map_or(0, |e| e.size.waiting.load(Ordering::SeqCst))
+    }
+
     /// Budget, open connections and pools, per server.
     pub fn usage(&self) -> Vec<ServerUsage> {
         let mut out: Vec<ServerUsage> = self
@@ -681,7 +703,7 @@ impl Pools {
                 opened: b.opened.load(Ordering::Relaxed),
                 evicted: b.evicted.load(Ordering::Relaxed),
                 evicting: b.evicting.load(Ordering::SeqCst),
-                waiting: b.waiting.load(Ordering::SeqCst),
+                waiting: b.limit.waiting.load(Ordering::SeqCst),
                 pools: self
                     .inner
                     .pools
@@ -711,6 +733,7 @@ mod tests {
                 thread_slots: 0,
                 session_options: String::new(),
                 priority_max_defer: Duration::ZERO,
+                handover_max_defer: HANDOVER_MAX_DEFER,
             },
             10,
         )

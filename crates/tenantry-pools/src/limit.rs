@@ -1,27 +1,42 @@
-//! A limit that can be lowered while permits are held: a semaphore, the limit it stands
-//! for, and the debt left when it was lowered below what is held. A permit that comes
-//! back while there is debt pays it (is forgotten) instead of going back. Used for a
-//! server's budget ([`crate::Budget`]) and for a tenant pool's size in this replica
-//! ([`crate::Lease`]).
+//! A limit that can be lowered while permits are held, and whose permits are handed to
+//! the requests waiting for one in an order ([`crate::queue`]): a semaphore, the limit
+//! it stands for, the debt left when it was lowered below what is held, and the
+//! waiters. A permit that comes back while there is debt pays it (is forgotten) instead
+//! of going back. Used for a server's budget ([`crate::Budget`], waiters ranked by
+//! priority) and for a tenant pool's size in this replica ([`crate::Lease`], waiters
+//! ranked by the worker thread they wait on).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub(crate) struct Limit {
+use crate::queue::Waiters;
+
+pub(crate) struct Limit<K> {
     pub(crate) semaphore: Arc<Semaphore>,
     limit: AtomicUsize,
     /// Permits to swallow as they come back, after the limit was lowered.
     debt: AtomicUsize,
+    /// Requests waiting for a permit: counted before they look at the semaphore.
+    pub(crate) waiting: AtomicUsize,
+    /// The waiters, in the order they get permits: nobody waits inside the semaphore,
+    /// permits are handed to them.
+    pub(crate) waiters: Mutex<Waiters<K>>,
+    /// How long a waiter lets others go first at most.
+    pub(crate) max_defer: Duration,
 }
 
-impl Limit {
-    pub(crate) fn new(limit: usize) -> Self {
+impl<K: Ord + Copy> Limit<K> {
+    pub(crate) fn new(limit: usize, max_defer: Duration) -> Self {
         Self {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit: AtomicUsize::new(limit),
             debt: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            waiters: Mutex::new(Waiters::default()),
+            max_defer,
         }
     }
 
@@ -29,7 +44,7 @@ impl Limit {
         self.limit.load(Ordering::SeqCst)
     }
 
-    /// Sets the limit; true when it grew (permits were added, maybe to be handed out).
+    /// Sets the limit; true when it grew (permits were added and handed to waiters).
     /// Lowered, it takes back the free permits and owes the rest.
     pub(crate) fn set(&self, new: usize) -> bool {
         let old = self.limit.swap(new, Ordering::SeqCst);
@@ -51,6 +66,7 @@ impl Limit {
                 }
             }
             self.semaphore.add_permits(grow);
+            self.returned(None);
             true
         } else {
             if new < old {
@@ -70,13 +86,15 @@ impl Limit {
             .is_ok()
     }
 
-    /// Gives a permit back: it pays debt if there is any (false), else goes back (true).
-    pub(crate) fn give_back(&self, permit: OwnedSemaphorePermit) -> bool {
+    /// Gives a permit back: it pays debt if there is any (false), else goes to the
+    /// waiter `prefer` picks ([`crate::queue`]) or back to the semaphore (true).
+    pub(crate) fn give_back(&self, permit: OwnedSemaphorePermit, prefer: Option<K>) -> bool {
         if self.owed() {
             permit.forget();
             false
         } else {
             drop(permit);
+            self.returned(prefer);
             true
         }
     }
@@ -86,9 +104,13 @@ impl Limit {
 mod tests {
     use super::*;
 
+    fn limit(n: usize) -> Limit<u8> {
+        Limit::new(n, Duration::ZERO)
+    }
+
     #[test]
     fn lowered_below_what_is_held_it_owes_the_rest() {
-        let limit = Limit::new(3);
+        let limit = limit(3);
         let held: Vec<_> = (0..2)
             .map(|_| limit.semaphore.clone().try_acquire_owned().unwrap())
             .collect();
@@ -96,8 +118,11 @@ mod tests {
         assert!(!limit.set(1));
         assert_eq!(limit.semaphore.available_permits(), 0);
         let mut held = held.into_iter();
-        assert!(!limit.give_back(held.next().unwrap()), "pays the debt");
-        assert!(limit.give_back(held.next().unwrap()), "goes back");
+        assert!(
+            !limit.give_back(held.next().unwrap(), None),
+            "pays the debt"
+        );
+        assert!(limit.give_back(held.next().unwrap(), None), "goes back");
         assert_eq!(limit.semaphore.available_permits(), 1);
         // Raised again: exactly the new limit is available.
         assert!(limit.set(4));
@@ -106,15 +131,15 @@ mod tests {
 
     #[test]
     fn raised_while_owing_it_pays_the_debt_first() {
-        let limit = Limit::new(2);
+        let limit = limit(2);
         let a = limit.semaphore.clone().try_acquire_owned().unwrap();
         let b = limit.semaphore.clone().try_acquire_owned().unwrap();
         limit.set(0);
         limit.set(1);
         // Two held against a limit of one: one is still owed.
         assert_eq!(limit.semaphore.available_permits(), 0);
-        assert!(!limit.give_back(a));
-        assert!(limit.give_back(b));
+        assert!(!limit.give_back(a, None));
+        assert!(limit.give_back(b, None));
         assert_eq!(limit.semaphore.available_permits(), 1);
     }
 }

@@ -10,6 +10,13 @@
 //! new backend); else its own thread's pool opens one. What the tenant may hold is
 //! still one limit for the whole tenant ([`crate::lease`]): a connection that comes
 //! back while the tenant has more open than its size is closed.
+//!
+//! When the tenant's requests wait for one another's connections, a returned
+//! connection's permit goes to a request waiting on the thread that drives it
+//! ([`crate::queue`], keyed by slot), which then finds that connection idle in its own
+//! thread's pool: under load, each thread's requests keep to its own connections. A
+//! request waits for its own thread's at most [`crate::HANDOVER_MAX_DEFER`]; past it, it
+//! takes the next permit whichever thread it comes from (and a hop).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -54,18 +61,24 @@ impl Slots {
         }
     }
 
-    /// The pool a request on this thread takes its connection from: its own thread's if
-    /// that has an idle connection, else one that has, else its own thread's.
-    pub(crate) fn pick(&self) -> &Pool<Manager> {
-        let mine = &self.pools[slot(self.pools.len())];
-        if mine.status().available > 0 {
-            return mine;
-        }
+    /// This thread's slot.
+    pub(crate) fn mine(&self) -> usize {
+        slot(self.pools.len())
+    }
 
+    /// The pool a request on this thread takes its connection from, and its slot: its
+    /// own thread's if that has an idle connection, else one that has, else its own
+    /// thread's.
+    pub(crate) fn pick(&self) -> (usize, &Pool<Manager>) {
+        let mine = self.mine();
+        if self.pools[mine].status().available > 0 {
+            return (mine, &self.pools[mine]);
+        }
         self.pools
             .iter()
-            .find(|p| p.status().available > 0)
-            .unwrap_or(mine)
+            .enumerate()
+            .find(|(_, p)| p.status().available > 0)
+            .unwrap_or((mine, &self.pools[mine]))
     }
 
     pub(crate) fn status(&self) -> Status {

@@ -7,22 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenantry_pools::{PoolConfig, Pools, Target};
+use tenantry_pools::{Pools, Target};
 use tenantry_testkit::TestCluster;
 use tokio::sync::Barrier;
 
 mod support;
-use support::numbered;
-
-async fn backend(pools: &Pools, target: &Target) -> (i32, tenantry_pools::Lease) {
-    let conn = pools.get(target).await.unwrap();
-    let pid: i32 = conn
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    (pid, conn)
-}
+use support::{backend, own_connection, two_threads, worker_thread};
 
 /// One worker thread: opens its own connection while the other thread holds its own,
 /// then takes a connection `rounds` times; the backends it was given.
@@ -33,54 +23,28 @@ fn worker(
     first: bool,
     rounds: usize,
 ) -> std::thread::JoinHandle<(i32, Vec<i32>)> {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            // Each opens one while the other's is lent: one connection per thread.
-            if !first {
-                barrier.wait().await;
-            }
-            let (own, conn) = backend(&pools, &target).await;
-            if first {
-                barrier.wait().await;
-            }
-            barrier.wait().await;
+    worker_thread(move || async move {
+        let (own, conn) = own_connection(&pools, &target, &barrier, first).await;
+        drop(conn);
+        barrier.wait().await;
+        let mut seen = Vec::new();
+        for _ in 0..rounds {
+            let (pid, conn) = backend(&pools, &target).await;
+            seen.push(pid);
             drop(conn);
-            barrier.wait().await;
-            let mut seen = Vec::new();
-            for _ in 0..rounds {
-                let (pid, conn) = backend(&pools, &target).await;
-                seen.push(pid);
-                drop(conn);
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            // The other thread's connection is driven here: keep driving it until the
-            // other thread is done with it.
-            barrier.wait().await;
-            (own, seen)
-        })
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // The other thread's connection is driven here: keep driving it until the
+        // other thread is done with it.
+        barrier.wait().await;
+        (own, seen)
     })
 }
 
 #[test]
 fn each_worker_thread_takes_the_idle_connection_it_drives() {
     let pg = TestCluster::start();
-    let setup = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut target = setup.block_on(numbered(&pg, "aff", 1)).remove(0);
-    target.max_size = 2;
-    let pools = Pools::new(
-        PoolConfig {
-            thread_slots: 2,
-            ..support::config()
-        },
-        10,
-    );
+    let (target, pools) = two_threads(&pg, "aff", support::config());
     let barrier = Arc::new(Barrier::new(2));
     let a = worker(pools.clone(), target.clone(), barrier.clone(), true, 50);
     let b = worker(pools.clone(), target.clone(), barrier, false, 50);

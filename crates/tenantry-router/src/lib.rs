@@ -160,6 +160,7 @@ impl AppState {
                 // The tenant role's own limits, as start-up options: a tenant that changes
                 // its role's or database's settings does not change the router's sessions.
                 thread_slots: 0,
+                handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
                 session_options: format!(
                     "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
                     settings.provision.statement_timeout_ms,

@@ -10,7 +10,8 @@ use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
 /// The settings the tests start from: generous deadlines, no session options, arrival
-/// order, one pool per core. A test states only what it changes.
+/// order on a server's budget, one pool per core, the router's handover. A test states
+/// only what it changes.
 pub fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_secs(5),
@@ -21,6 +22,7 @@ pub fn config() -> PoolConfig {
         thread_slots: 0,
         session_options: String::new(),
         priority_max_defer: Duration::ZERO,
+        handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
     }
 }
 
@@ -57,6 +59,73 @@ pub async fn numbered(pg: &TestCluster, prefix: &str, n: usize) -> Vec<Target> {
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let names: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 0)).collect();
     tenants(pg, &names).await
+}
+
+/// A tenant of two connections, and pools with one per thread for two threads (each
+/// running its own single-threaded runtime, as a router worker does), set up as
+/// `config` says beyond that.
+pub fn two_threads(pg: &TestCluster, name: &str, config: PoolConfig) -> (Target, Pools) {
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut target = setup.block_on(numbered(pg, name, 1)).remove(0);
+    target.max_size = 2;
+    let pools = Pools::new(
+        PoolConfig {
+            thread_slots: 2,
+            ..config
+        },
+        10,
+    );
+    (target, pools)
+}
+
+/// A connection of the target's, and the backend serving it.
+pub async fn backend(pools: &Pools, target: &Target) -> (i32, tenantry_pools::Lease) {
+    let conn = pools.get(target).await.unwrap();
+    let pid: i32 = conn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (pid, conn)
+}
+
+/// Runs `work` on a thread of its own, in a single-threaded runtime of its own, as a
+/// router worker runs its requests.
+pub fn worker_thread<T, F>(work: impl FnOnce() -> F + Send + 'static) -> std::thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work())
+    })
+}
+
+/// On one of [`two_threads`]' threads: opens a connection while the other thread holds
+/// its own (the `first` thread opens first), so that each thread drives one; returns
+/// once both hold theirs.
+pub async fn own_connection(
+    pools: &Pools,
+    target: &Target,
+    barrier: &tokio::sync::Barrier,
+    first: bool,
+) -> (i32, tenantry_pools::Lease) {
+    if !first {
+        barrier.wait().await;
+    }
+    let own = backend(pools, target).await;
+    if first {
+        barrier.wait().await;
+    }
+    barrier.wait().await;
+    own
 }
 
 /// Server 1's books.
