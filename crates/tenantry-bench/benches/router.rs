@@ -1,6 +1,7 @@
 //! The router's hot path: `GET /v1/tasks/{id}` over real HTTP, against a baseline run in
 //! the same process — a bare actix-web + deadpool handler running the same query on one
-//! database. Scenarios: 1 tenant; 100 tenants; 1,000 tenants with Zipf-skewed traffic
+//! database ([`baseline`]; also over 100 databases, the most any router could serve
+//! there). Scenarios: 1 tenant; 100 tenants; 1,000 tenants with Zipf-skewed traffic
 //! under a 64-connection budget. Also: the cache-hit resolution path (micro-benchmark)
 //! and a cold tenant's first request.
 
@@ -8,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use tenantry_bench::{spread, Deployment, Ratio, Report, Summary};
 use tenantry_provision::CreateTenant;
 use tenantry_router::auth::{issue_hs256, Claims};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
+
+#[path = "router/baseline.rs"]
+mod baseline;
 
 const TENANTS: usize = 1000;
 /// Every scenario (the baseline's too) runs this long before it is measured: pools fill
@@ -33,6 +36,9 @@ const COLD_FULL: usize = 25;
 /// The budget of the 1- and 100-tenant scenarios (and of the cold requests).
 const BUDGET: usize = 100;
 const CLIENTS: usize = 32;
+/// The sessions a scenario's peak counts: the router's, or the bare handlers'.
+const ROUTER_APP: &str = "tenantry-router";
+const BASELINE_APP: &str = "bench-baseline";
 const WORKERS: usize = 2;
 
 struct Tenant {
@@ -43,8 +49,6 @@ struct Tenant {
     password: String,
 }
 
-/// Requests `GET {base}{path}` from `CLIENTS` concurrent clients for `RUN`, choosing the
-/// request with `pick`; returns the latencies of successful requests and the failures.
 /// One measured run: latencies of the successful requests, failures, the most
 /// connections seen on the server, and the measured wall time.
 #[derive(Default)]
@@ -77,6 +81,9 @@ impl Run {
     }
 }
 
+/// Sends the requests `pick` chooses among `requests` from `CLIENTS` concurrent clients,
+/// for `WARM_UP` and then `run_for` measured; counts the peak of `app`'s sessions on the
+/// server, and the router's opened and evicted connections (`churn`) in the measured time.
 async fn load(
     name: &str,
     run_for: Duration,
@@ -84,6 +91,7 @@ async fn load(
     pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
     pg: &TestCluster,
     churn: &(dyn Fn() -> (u64, u64) + Sync),
+    app: &'static str,
 ) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
@@ -101,8 +109,8 @@ async fn load(
             while !stop.load(Ordering::Relaxed) {
                 let n: i64 = client
                     .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('tenantry-router', 'bench-baseline')",
-                        &[],
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
                     )
                     .await
                     .unwrap()
@@ -355,61 +363,9 @@ async fn cold_parts(
     )
 }
 
-async fn baseline(pg: &TestCluster, database: &str) -> (actix_web::dev::ServerHandle, String) {
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.host = Some("127.0.0.1".into());
-    cfg.port = Some(pg.port());
-    cfg.user = Some(pg.superuser().into());
-    cfg.password = Some(secrecy::ExposeSecret::expose_secret(pg.password()).to_owned());
-    cfg.dbname = Some(database.into());
-    cfg.application_name = Some("bench-baseline".into());
-    cfg.pool = Some(deadpool_postgres::PoolConfig::new(10));
-    let pool = cfg
-        .create_pool(
-            Some(deadpool_postgres::Runtime::Tokio1),
-            tokio_postgres::NoTls,
-        )
-        .unwrap();
-    async fn get(pool: web::Data<deadpool_postgres::Pool>, id: web::Path<Uuid>) -> HttpResponse {
-        let client = pool.get().await.unwrap();
-        let st = client
-            .prepare_cached(
-                "SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at
-                 FROM tasks WHERE id = $1",
-            )
-            .await
-            .unwrap();
-        match client.query_opt(&st, &[&id.into_inner()]).await.unwrap() {
-            Some(r) => HttpResponse::Ok().json(serde_json::json!({
-                "id": r.get::<_, Uuid>(0), "user_id": r.get::<_, String>(1), "agent": r.get::<_, String>(2),
-                "title": r.get::<_, String>(3), "input": r.get::<_, Option<serde_json::Value>>(4),
-                "status": r.get::<_, String>(5), "output": r.get::<_, Option<serde_json::Value>>(6),
-                "cost_cents": r.get::<_, i32>(7),
-                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
-                "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
-            })),
-            None => HttpResponse::NotFound().finish(),
-        }
-    }
-    let data = web::Data::new(pool);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .route("/tasks/{id}", web::get().to(get))
-    })
-    .workers(WORKERS)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let addr = server.addrs()[0];
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (handle, format!("http://{addr}"))
-}
-
 async fn run() -> Report {
-    let pg = TestCluster::start_with_unix_socket();
+    // Room for the router's 100 tenant connections, the bare handler's 100 and the rest.
+    let pg = TestCluster::start_with_unix_socket_and_max_connections(300);
     // A lone router leases the server's whole budget: 100 here, for the 1 and 100
     // tenant scenarios (as many as tenants); 64 for the 1,000-tenant one (set below).
     let d = Deployment::new(
@@ -486,11 +442,24 @@ async fn run() -> Report {
     }
 
     // The baseline: one database, no tenancy; it gets the same requests, token included.
-    let (baseline_handle, baseline_base) = baseline(&pg, &tenants[0].database).await;
+    let (baseline_handle, baseline_base) = baseline::one_database(&pg, &tenants[0].database);
     let base_requests = Arc::new(vec![(
         format!("{baseline_base}/tasks/{}", tenants[0].task),
         tenants[0].token.clone(),
     )]);
+    // The bare handler over the 100-tenant scenario's databases, a connection each.
+    let bare_pools: Vec<_> = tenants[..100]
+        .iter()
+        .map(|t| baseline::pool(&pg, &t.database, 1))
+        .collect();
+    let (bare_handle, bare_base) = baseline::databases(bare_pools.clone());
+    let bare_requests = Arc::new(
+        tenants[..100]
+            .iter()
+            .enumerate()
+            .map(|(n, t)| (format!("{bare_base}/tasks/{n}/{}", t.task), t.token.clone()))
+            .collect::<Vec<_>>(),
+    );
 
     let router = d.serve(WORKERS).await;
     let resolver = router.resolver.clone();
@@ -555,7 +524,9 @@ async fn run() -> Report {
     // The baseline, 1 tenant and 100 tenants take turns, round after round, so a drift
     // of this shared machine (autovacuum visiting the new databases, say) weighs on all.
     let (mut base, mut one, mut hundred) = (Run::default(), Run::default(), Run::default());
+    let mut bare = Run::default();
     let (mut one_ratios, mut hundred_ratios) = (Vec::new(), Vec::new());
+    let (mut bare_ratios, mut hundred_bare_ratios) = (Vec::new(), Vec::new());
     let mut one_rates = Vec::new();
     for _ in 0..ROUNDS {
         let b = load(
@@ -565,6 +536,7 @@ async fn run() -> Report {
             Arc::new(|_| 0),
             &pg,
             &|| (0, 0),
+            BASELINE_APP,
         )
         .await;
         let o = load(
@@ -574,6 +546,7 @@ async fn run() -> Report {
             Arc::new(|_| 0),
             &pg,
             &churn,
+            ROUTER_APP,
         )
         .await;
         let h = load(
@@ -583,16 +556,35 @@ async fn run() -> Report {
             Arc::new(|i| (i * 37) % 100),
             &pg,
             &churn,
+            ROUTER_APP,
         )
         .await;
+        let spread_out = load(
+            "baseline: actix + deadpool, 100 databases",
+            ROUND,
+            bare_requests.clone(),
+            Arc::new(|i| (i * 37) % 100),
+            &pg,
+            &|| (0, 0),
+            BASELINE_APP,
+        )
+        .await;
+        // Its connections close between its turns: the others run on the server as before.
+        for pool in &bare_pools {
+            pool.retain(|_, _| false);
+        }
         one_ratios.push(o.per_second() / b.per_second());
         one_rates.push(o.per_second());
         hundred_ratios.push(h.per_second() / b.per_second());
+        bare_ratios.push(spread_out.per_second() / b.per_second());
+        hundred_bare_ratios.push(h.per_second() / spread_out.per_second());
         base.add(b);
         one.add(o);
         hundred.add(h);
+        bare.add(spread_out);
     }
     baseline_handle.stop(true).await;
+    bare_handle.stop(true).await;
     d.catalog
         .client()
         .await
@@ -638,6 +630,7 @@ async fn run() -> Report {
             zipf(TENANTS),
             &pg,
             &churn,
+            ROUTER_APP,
         )
         .await;
         let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ROUND).await;
@@ -674,7 +667,7 @@ async fn run() -> Report {
 
     let notes = vec![
         format!(
-            "{CLIENTS} concurrent HTTP clients (reqwest, keep-alive) in this process, {WORKERS} server workers, one throwaway cluster; {ROUNDS} alternating rounds of {} s per scenario, each after {} s of warm-up: baseline, 1 tenant, 100 tenants (budget 100); then 1,000 Zipf (budget 64) and the connection-open rate",
+            "{CLIENTS} concurrent HTTP clients (reqwest, keep-alive) in this process, {WORKERS} server workers, one throwaway cluster; {ROUNDS} alternating rounds of {} s per scenario, each after {} s of warm-up: baseline, 1 tenant, 100 tenants (budget 100), the bare handler over the 100 tenants' databases; then 1,000 Zipf (budget 64) and the connection-open rate",
             ROUND.as_secs(),
             WARM_UP.as_secs()
         ),
@@ -683,8 +676,8 @@ async fn run() -> Report {
             base.failed, one.failed, hundred.failed, thousand.failed
         ),
         format!(
-            "peak connections on the server (pg_stat_activity): baseline {}, 1 tenant {}, 100 tenants {} (budget 100), 1,000 Zipf {} (budget 64)",
-            base.peak, one.peak, hundred.peak, thousand.peak
+            "peak sessions on the server (pg_stat_activity, each scenario's own): baseline {}, 1 tenant {}, 100 tenants {} (budget 100), bare handler over 100 databases {}, 1,000 Zipf {} (budget 64)",
+            base.peak, one.peak, hundred.peak, bare.peak, thousand.peak
         ),
         format!(
             "router connections opened / idle ones evicted in the measured time: 1 tenant {} / {}; 100 tenants {} / {}; 1,000 Zipf {} / {} ({:.1}% of its requests opened one; a perfect cache of 64: {:.1}%)",
@@ -727,6 +720,7 @@ async fn run() -> Report {
     let base = base.summary("baseline: actix + deadpool, 1 database");
     let one = one.summary("tenantry: 1 tenant");
     let hundred = hundred.summary("tenantry: 100 tenants, uniform");
+    let bare = bare.summary("baseline: actix + deadpool, 100 databases");
     let thousand = thousand.summary("tenantry: 1,000 tenants, Zipf 1.1, budget 64");
     let ratios = vec![
         Ratio::of_rounds(
@@ -738,6 +732,16 @@ async fn run() -> Report {
             "100 tenants / baseline (req/s)",
             &hundred_ratios,
             "goal ≥ 0.9",
+        ),
+        Ratio::of_rounds(
+            "bare handler, 100 databases / baseline",
+            &bare_ratios,
+            "the same handler, a connection per database: what spreading the queries over 100 databases and backends costs the machine",
+        ),
+        Ratio::of_rounds(
+            "100 tenants / bare handler, 100 databases",
+            &hundred_bare_ratios,
+            "the router against the most any router could serve over those databases",
         ),
         Ratio::of_rounds(
             "1,000 Zipf / its ceiling (req/s)",
@@ -760,15 +764,18 @@ async fn run() -> Report {
             "the ceiling ratio is about this over the misses ratio: the rest of the CPU serves the hits, and a backend that served many queries costs more to end than one that served one",
         ),
         Ratio::of_rounds(
-            "cold first request p99 (ms, per run)",
+            "cold first request p99 (per run)",
             &cold_p99,
             "goal ≤ 10 ms (a median of runs, not a ratio)",
-        ),
+        )
+        .in_unit("ms"),
     ];
     Report {
         name: "router".into(),
         notes,
-        scenarios: vec![base, one, hundred, thousand, cold, cold_full, opens, hit],
+        scenarios: vec![
+            base, one, hundred, bare, thousand, cold, cold_full, opens, hit,
+        ],
         ratios,
     }
 }

@@ -47,17 +47,25 @@ impl TestCluster {
 
     /// A cluster that also listens on a Unix socket ([`Cluster::socket_dir`]).
     pub fn start_with_unix_socket() -> Self {
-        Self::start_opts(Durability::Throwaway, true)
+        Self::start_opts(Durability::Throwaway, true, None)
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
+    }
+
+    /// A cluster that also listens on a Unix socket, and takes `max_connections`
+    /// sessions (benchmarks that hold more than the default's).
+    pub fn start_with_unix_socket_and_max_connections(max_connections: u32) -> Self {
+        Self::start_opts(Durability::Throwaway, true, Some(max_connections))
             .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
     }
 
     fn start_with(durability: Durability) -> Result<Self, tenantry_embedded::ClusterError> {
-        Self::start_opts(durability, false)
+        Self::start_opts(durability, false, None)
     }
 
     fn start_opts(
         durability: Durability,
         unix_socket: bool,
+        max_connections: Option<u32>,
     ) -> Result<Self, tenantry_embedded::ClusterError> {
         let template = template()?;
         let dir = tempfile::Builder::new()
@@ -74,6 +82,9 @@ impl TestCluster {
         opts.on_exit = OnExit::StopAndRemove;
         opts.copy_from = Some(template.to_owned());
         opts.unix_socket = unix_socket;
+        if let Some(n) = max_connections {
+            opts.max_connections = n;
+        }
         let mut cluster = match Cluster::open(opts) {
             Ok(c) => c,
             Err(e) => {
