@@ -695,3 +695,106 @@ async fn a_session_ended_under_a_request_is_503_not_500() {
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// A tenant suspended before the router has heard of it (its change's NOTIFY still on
+/// its way, or lost with the catalog's connection): its server refuses the tenant's role,
+/// and the router reads the route again and answers as the tenant stands, 423, not a 503
+/// that would have the client retry a tenant that will not come back by itself (a
+/// deleted one, 404). A tenant its server refuses while the catalog says it is ready gets
+/// 503, as an outage would.
+#[tokio::test]
+async fn a_suspend_the_router_has_not_heard_of_is_423_not_503() {
+    let d = Deployment::new().await;
+    let slugs = ["racing", "gone", "refused"];
+    for slug in slugs {
+        ok(d.run(&["tenant", "create", slug, "--plan", "pro"]));
+    }
+    let router = d.serve(&[]).await;
+    // The router listens for tenant changes before it caches the routes below (routes
+    // cached before it listens are read again once it does).
+    let catalog = d.catalog().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while catalog
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'tenantry-router-listen'
+             AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tasks?limit=1", router.base);
+    let get = |slug: &str| {
+        http.get(&url)
+            .header("authorization", bearer(&token(slug, None)))
+            .send()
+    };
+    // All served: their routes cached, an idle connection in each pool.
+    for slug in slugs {
+        assert_eq!(get(slug).await.unwrap().status(), StatusCode::OK);
+    }
+
+    // A suspend and a delete, with the catalog's trigger held back: no router is told.
+    catalog
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE tenants SET state = 'suspended' WHERE slug = 'racing';
+             UPDATE tenants SET state = 'deleted' WHERE slug = 'gone';",
+        )
+        .await
+        .unwrap();
+    // What both do on the tenant's server, done to all three: CONNECT revoked, the
+    // tenant's sessions ended.
+    let admin = d.pg.connect("postgres").await;
+    for slug in slugs {
+        let row = catalog
+            .query_one(
+                "SELECT database_name, role_name FROM tenants WHERE slug = $1",
+                &[&slug],
+            )
+            .await
+            .unwrap();
+        let (database, role): (String, String) = (row.get(0), row.get(1));
+        admin
+            .batch_execute(&format!(
+                "REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM \"{role}\", PUBLIC"
+            ))
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .await
+            .unwrap();
+    }
+    let (status, code, _) = error_of(get("racing").await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::LOCKED, "tenant_suspended")
+    );
+    let (status, code, _) = error_of(get("gone").await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "tenant_not_found")
+    );
+    // The catalog says `refused` is ready: its server's refusal is the server's trouble.
+    let resp = get("refused").await.unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, code, message) = error_of(resp).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "tenant_unavailable"),
+        "{message}"
+    );
+}

@@ -36,9 +36,10 @@ const COLD_FULL: usize = 25;
 /// The budget of the 1- and 100-tenant scenarios (and of the cold requests).
 const BUDGET: usize = 100;
 const CLIENTS: usize = 32;
-/// The sessions a scenario's peak counts: the router's, or the bare handlers'.
+/// The sessions a scenario's peak counts: the router's, or a bare handler's.
 const ROUTER_APP: &str = "tenantry-router";
 const BASELINE_APP: &str = "bench-baseline";
+const BARE_APP: &str = "bench-bare-100";
 const WORKERS: usize = 2;
 
 struct Tenant {
@@ -442,7 +443,8 @@ async fn run() -> Report {
     }
 
     // The baseline: one database, no tenancy; it gets the same requests, token included.
-    let (baseline_handle, baseline_base) = baseline::one_database(&pg, &tenants[0].database);
+    let (baseline_handle, baseline_base) =
+        baseline::one_database(&pg, &tenants[0].database, BASELINE_APP);
     let base_requests = Arc::new(vec![(
         format!("{baseline_base}/tasks/{}", tenants[0].task),
         tenants[0].token.clone(),
@@ -450,7 +452,7 @@ async fn run() -> Report {
     // The bare handler over the 100-tenant scenario's databases, a connection each.
     let bare_pools: Vec<_> = tenants[..100]
         .iter()
-        .map(|t| baseline::pool(&pg, &t.database, 1))
+        .map(|t| baseline::pool(&pg, &t.database, 1, BARE_APP))
         .collect();
     let (bare_handle, bare_base) = baseline::databases(bare_pools.clone());
     let bare_requests = Arc::new(
@@ -566,7 +568,7 @@ async fn run() -> Report {
             Arc::new(|i| (i * 37) % 100),
             &pg,
             &|| (0, 0),
-            BASELINE_APP,
+            BARE_APP,
         )
         .await;
         // Its connections close between its turns: the others run on the server as before.

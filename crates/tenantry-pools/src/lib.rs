@@ -105,7 +105,18 @@ pub enum PoolError {
     /// The tenant's database did not accept a connection.
     #[error("the tenant database is unavailable: {0}")]
     Unavailable(String),
+    /// The server refused the tenant's role or database itself (CONNECT revoked, the role
+    /// unable to log in, its password not the one given, the database gone): what the
+    /// control plane does to a tenant it suspends, deletes or moves, so the caller's
+    /// route to it may be out of date.
+    #[error("the tenant database refused the tenant: {0}")]
+    Refused(String),
 }
+
+/// The SQLSTATEs of a server refusing a role or a database rather than being out of
+/// reach: insufficient privilege (CONNECT revoked), invalid authorization (a role that
+/// cannot log in), invalid password, and a database that does not exist.
+const REFUSED: [&str; 4] = ["42501", "28000", "28P01", "3D000"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -425,7 +436,11 @@ impl Pools {
     fn pool_error(e: managed::PoolError<ConnError>) -> PoolError {
         match e {
             managed::PoolError::Backend(ConnError::Pg(e)) => {
-                PoolError::Unavailable(tenantry_catalog::describe_pg_error(&e))
+                let why = tenantry_catalog::describe_pg_error(&e);
+                match e.code() {
+                    Some(code) if REFUSED.contains(&code.code()) => PoolError::Refused(why),
+                    _ => PoolError::Unavailable(why),
+                }
             }
             managed::PoolError::Backend(e @ (ConnError::Connect(_) | ConnError::Timeout)) => {
                 PoolError::Unavailable(e.to_string())

@@ -122,6 +122,7 @@ async fn sessions_leave_no_state_and_a_dead_database_is_unavailable() {
     pools.drop_tenant(t.tenant);
     match pools.get(&t).await {
         Err(PoolError::Unavailable(_)) | Err(PoolError::Busy) => {}
+        Err(PoolError::Refused(why)) => panic!("a stopped server is not a refusal: {why}"),
         Ok(_) => panic!("a stopped server gave a connection"),
     }
 }

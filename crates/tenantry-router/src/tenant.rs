@@ -116,12 +116,7 @@ impl TenantCtx {
                 )
                 .retry_after(1)
             })?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::TenantNotFound,
-                    format!("tenant {:?} does not exist", auth.tenant),
-                )
-            })?;
+            .ok_or_else(|| not_found(&auth.tenant))?;
         // Before anything about the tenant is told: a token of an earlier tenant with this
         // slug learns nothing of the later one.
         auth.claims
@@ -137,27 +132,8 @@ impl TenantCtx {
         route: Arc<Route>,
     ) -> Result<Self, ApiError> {
         auth.billed.set(route.tenant);
-        match route.state {
-            TenantState::Ready => {}
-            TenantState::Suspended => {
-                return Err(ApiError::new(
-                    ErrorCode::TenantSuspended,
-                    "this tenant is suspended",
-                ));
-            }
-            TenantState::Requested | TenantState::Creating => {
-                return Err(ApiError::new(
-                    ErrorCode::TenantUnavailable,
-                    "this tenant is still being created",
-                )
-                .retry_after(2));
-            }
-            TenantState::Failed | TenantState::Deleting | TenantState::Deleted => {
-                return Err(ApiError::new(
-                    ErrorCode::TenantNotFound,
-                    format!("tenant {:?} does not exist", auth.tenant),
-                ));
-            }
+        if let Some(refusal) = state_refusal(&route) {
+            return Err(refusal);
         }
         if route.schema_version < state.min_schema_version {
             return Err(ApiError::new(
@@ -192,22 +168,74 @@ impl TenantCtx {
         &self.claims.sub
     }
 
-    /// A connection to the tenant's own database, as the tenant's own role.
+    /// A connection to the tenant's own database, as the tenant's own role. Refused by
+    /// the server itself (CONNECT revoked, the role or the database gone), the tenant may
+    /// have been suspended or deleted since its route was read, its change's NOTIFY
+    /// still on its way: the route is read again, once, and the request answered as the
+    /// tenant stands now (423, 404); a tenant still ready is the server's trouble (503).
     pub async fn conn(&self) -> Result<Lease, ApiError> {
         let target = &self.route.target;
-        self.state.pools.get(target).await.map_err(|e| {
-            let retry = match &e {
-                PoolError::Busy => 1,
-                PoolError::Unavailable(_) => 5,
-            };
-            tracing::warn!(error = %e, db = %target.database, "no connection for the tenant");
+        let why = match self.state.pools.get(target).await {
+            Ok(lease) => return Ok(lease),
+            Err(PoolError::Refused(why)) => why,
+            Err(e) => return Err(no_connection(&e, target)),
+        };
+        tracing::debug!(%why, "the tenant's database refused it; reading its route again");
+        let slug = &self.route.slug;
+        self.state.resolver.invalidate(slug);
+        match self.state.resolver.resolve(slug).await {
+            Ok(Some(now)) if now.tenant == self.route.tenant => {
+                if let Some(refusal) = state_refusal(&now) {
+                    return Err(refusal);
+                }
+            }
+            Ok(_) => return Err(not_found(slug)),
+            Err(_) => {}
+        }
+        Err(no_connection(&PoolError::Refused(why), target))
+    }
+}
+
+/// Why a tenant in its route's state is not served, if it is not.
+fn state_refusal(route: &Route) -> Option<ApiError> {
+    match route.state {
+        TenantState::Ready => None,
+        TenantState::Suspended => Some(ApiError::new(
+            ErrorCode::TenantSuspended,
+            "this tenant is suspended",
+        )),
+        TenantState::Requested | TenantState::Creating => Some(
             ApiError::new(
                 ErrorCode::TenantUnavailable,
-                "the tenant's database is unavailable or busy; retry shortly",
+                "this tenant is still being created",
             )
-            .retry_after(retry)
-        })
+            .retry_after(2),
+        ),
+        TenantState::Failed | TenantState::Deleting | TenantState::Deleted => {
+            Some(not_found(&route.slug))
+        }
     }
+}
+
+fn not_found(slug: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::TenantNotFound,
+        format!("tenant {slug:?} does not exist"),
+    )
+}
+
+/// No connection for the tenant: 503, to come back shortly.
+fn no_connection(e: &PoolError, target: &tenantry_pools::Target) -> ApiError {
+    let retry = match e {
+        PoolError::Busy => 1,
+        PoolError::Unavailable(_) | PoolError::Refused(_) => 5,
+    };
+    tracing::warn!(error = %e, db = %target.database, "no connection for the tenant");
+    ApiError::new(
+        ErrorCode::TenantUnavailable,
+        "the tenant's database is unavailable or busy; retry shortly",
+    )
+    .retry_after(retry)
 }
 
 /// Database errors inside a tenant handler: the caller learns nothing of the driver.

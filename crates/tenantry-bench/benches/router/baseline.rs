@@ -13,19 +13,20 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
-use super::{BASELINE_APP, WORKERS};
+use super::WORKERS;
 
 pub type Pool = deadpool_postgres::Pool;
 
-/// A pool of `size` connections to `database`, as the superuser.
-pub fn pool(pg: &TestCluster, database: &str, size: usize) -> Pool {
+/// A pool of `size` connections to `database`, as the superuser, its sessions named
+/// `app`.
+pub fn pool(pg: &TestCluster, database: &str, size: usize, app: &str) -> Pool {
     let mut cfg = deadpool_postgres::Config::new();
     cfg.host = Some("127.0.0.1".into());
     cfg.port = Some(pg.port());
     cfg.user = Some(pg.superuser().into());
     cfg.password = Some(secrecy::ExposeSecret::expose_secret(pg.password()).to_owned());
     cfg.dbname = Some(database.into());
-    cfg.application_name = Some(BASELINE_APP.into());
+    cfg.application_name = Some(app.into());
     cfg.pool = Some(deadpool_postgres::PoolConfig::new(size));
     cfg.create_pool(
         Some(deadpool_postgres::Runtime::Tokio1),
@@ -74,11 +75,11 @@ fn serve(
 }
 
 /// `GET /tasks/{id}` from one database, through one pool of 10.
-pub fn one_database(pg: &TestCluster, database: &str) -> (ServerHandle, String) {
+pub fn one_database(pg: &TestCluster, database: &str, app: &str) -> (ServerHandle, String) {
     async fn get(pool: web::Data<Pool>, id: web::Path<Uuid>) -> HttpResponse {
         task(&pool, id.into_inner()).await
     }
-    let data = web::Data::new(pool(pg, database, 10));
+    let data = web::Data::new(pool(pg, database, 10, app));
     serve(move |app| {
         app.app_data(data.clone())
             .route("/tasks/{id}", web::get().to(get));
