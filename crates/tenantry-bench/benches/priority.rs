@@ -35,15 +35,8 @@ struct Round {
 async fn round(targets: Arc<Vec<(&'static str, Target)>>, max_defer: Duration) -> Round {
     let pools = Pools::new(
         PoolConfig {
-            wait_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            answer_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(60),
-            thread_slots: 0,
-            session_options: String::new(),
             priority_max_defer: max_defer,
-            handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
+            ..PoolConfig::default()
         },
         BUDGET,
     );

@@ -90,10 +90,6 @@ impl Budget {
             .load(Ordering::SeqCst)
             .saturating_sub(self.evicting.load(Ordering::SeqCst))
     }
-
-    pub(crate) fn set_limit(&self, new: usize) {
-        self.limit.set(new);
-    }
 }
 
 /// A budget permit held by one open connection.

@@ -79,6 +79,24 @@ pub struct PoolConfig {
     pub handover_max_defer: Duration,
 }
 
+impl Default for PoolConfig {
+    /// Generous deadlines, idle connections kept a minute, no session options, one pool
+    /// per core, arrival order on a server's budget, the router's handover bound.
+    fn default() -> Self {
+        Self {
+            wait_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(60),
+            session_options: String::new(),
+            thread_slots: 0,
+            priority_max_defer: Duration::ZERO,
+            handover_max_defer: HANDOVER_MAX_DEFER,
+        }
+    }
+}
+
 /// Where and as whom a tenant's pool connects.
 #[derive(Clone)]
 pub struct Target {
@@ -325,7 +343,7 @@ impl Pools {
     /// back): [`Pools::held`] falls to the new limit as soon as the requests in flight end.
     pub fn set_budget(&self, server: i64, limit: usize) {
         let budget = self.budget(server);
-        budget.set_limit(limit);
+        budget.limit.set(limit);
         while budget.held() > limit && self.inner.evict_one_idle(server, Uuid::nil()) {}
     }
 
@@ -737,21 +755,7 @@ mod tests {
     use super::*;
 
     fn pools() -> Pools {
-        let wait = Duration::from_secs(1);
-        Pools::new(
-            PoolConfig {
-                wait_timeout: wait,
-                connect_timeout: wait,
-                answer_timeout: wait,
-                idle_timeout: wait,
-                pool_idle_timeout: wait,
-                thread_slots: 0,
-                session_options: String::new(),
-                priority_max_defer: Duration::ZERO,
-                handover_max_defer: HANDOVER_MAX_DEFER,
-            },
-            10,
-        )
+        Pools::new(PoolConfig::default(), 10)
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenantry_pools::{Pools, Target};
+use tenantry_pools::{PoolConfig, Pools, Target};
 use tenantry_testkit::TestCluster;
 use tokio::sync::Barrier;
 
@@ -44,7 +44,7 @@ fn worker(
 #[test]
 fn each_worker_thread_takes_the_idle_connection_it_drives() {
     let pg = TestCluster::start();
-    let (target, pools) = two_threads(&pg, "aff", support::config());
+    let (target, pools) = two_threads(&pg, "aff", PoolConfig::default());
     let barrier = Arc::new(Barrier::new(2));
     let a = worker(pools.clone(), target.clone(), barrier.clone(), true, 50);
     let b = worker(pools.clone(), target.clone(), barrier, false, 50);

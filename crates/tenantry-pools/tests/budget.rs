@@ -14,7 +14,7 @@ fn config() -> PoolConfig {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_millis(400),
         pool_idle_timeout: Duration::from_millis(400),
-        ..support::config()
+        ..PoolConfig::default()
     }
 }
 

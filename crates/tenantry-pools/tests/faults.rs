@@ -16,7 +16,7 @@ use support::{numbered, settle, usage};
 fn config() -> PoolConfig {
     PoolConfig {
         wait_timeout: Duration::from_millis(300),
-        ..support::config()
+        ..PoolConfig::default()
     }
 }
 

@@ -37,7 +37,7 @@ fn run(max_defer: Duration) -> [(i32, i32); 2] {
         "hand",
         PoolConfig {
             handover_max_defer: max_defer,
-            ..support::config()
+            ..PoolConfig::default()
         },
     );
     let barrier = Arc::new(Barrier::new(2));

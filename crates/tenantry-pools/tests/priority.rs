@@ -21,7 +21,7 @@ fn pools(wait: Duration, max_defer: Duration) -> Pools {
         PoolConfig {
             wait_timeout: wait,
             priority_max_defer: max_defer,
-            ..support::config()
+            ..PoolConfig::default()
         },
         1,
     );

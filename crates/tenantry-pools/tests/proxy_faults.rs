@@ -34,7 +34,7 @@ fn config() -> PoolConfig {
         answer_timeout: ANSWER,
         idle_timeout: Duration::from_secs(1),
         session_options: "-c statement_timeout=1500".into(),
-        ..support::config()
+        ..PoolConfig::default()
     }
 }
 

@@ -21,7 +21,7 @@ async fn a_statement_on_a_socket_server_is_cancelled_through_the_socket() {
     let pools = Pools::new(
         PoolConfig {
             answer_timeout: Duration::from_secs(120),
-            ..support::config()
+            ..PoolConfig::default()
         },
         4,
     );

@@ -9,23 +9,6 @@ use tenantry_pools::{PoolConfig, Pools, ServerUsage, Target};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
-/// The settings the tests start from: generous deadlines, no session options, arrival
-/// order on a server's budget, one pool per core, the router's handover. A test states
-/// only what it changes.
-pub fn config() -> PoolConfig {
-    PoolConfig {
-        wait_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        answer_timeout: Duration::from_secs(30),
-        idle_timeout: Duration::from_secs(60),
-        pool_idle_timeout: Duration::from_secs(60),
-        thread_slots: 0,
-        session_options: String::new(),
-        priority_max_defer: Duration::ZERO,
-        handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
-    }
-}
-
 /// A role and a database per name (both so named, password `pw`), on server 1; each
 /// target carries its priority.
 pub async fn tenants(pg: &TestCluster, names: &[(&str, u8)]) -> Vec<Target> {
