@@ -257,17 +257,18 @@ async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (open, waiting, evicting) = (
+        let (open, waiting, evicting, opening) = (
             books(&r.base, s2, "open").await,
             books(&r.base, s2, "waiting").await,
             books(&r.base, s2, "evicting").await,
+            books(&r.base, s2, "opening").await,
         );
-        if (open, waiting, evicting) == (0, 0, 0) {
+        if (open, waiting, evicting, opening) == (0, 0, 0, 0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "s2's books never settled: open {open}, waiting {waiting}, evicting {evicting}"
+            "s2's books never settled: open {open}, waiting {waiting}, evicting {evicting}, opening {opening}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -27,6 +27,12 @@ pub struct Budget {
     /// only if it was still open when chosen (see [`Life`]), and uncounted exactly once,
     /// when its permit comes back.
     pub(crate) evicting: AtomicUsize,
+    /// Connections holding a permit whose session is still being opened (connect,
+    /// start-up, authentication): permits no request can use yet. When tenants outnumber
+    /// the budget, each request that finds no open connection holds one of these for
+    /// the server's start-up time, so the connections that can stay open between
+    /// requests are the budget less these.
+    pub(crate) opening: AtomicUsize,
 }
 
 /// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
@@ -81,6 +87,7 @@ impl Budget {
             opened: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             evicting: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
         }
     }
 
@@ -89,6 +96,23 @@ impl Budget {
         self.open
             .load(Ordering::SeqCst)
             .saturating_sub(self.evicting.load(Ordering::SeqCst))
+    }
+}
+
+/// Counts one connection in [`Budget::opening`] until dropped: its session opened, or
+/// failed to, or the request opening it went away.
+pub(crate) struct Opening<'a>(&'a Budget);
+
+impl<'a> Opening<'a> {
+    pub(crate) fn start(budget: &'a Budget) -> Self {
+        budget.opening.fetch_add(1, Ordering::SeqCst);
+        Self(budget)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.opening.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -11,7 +11,7 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
-use crate::budget::{Budget, Life, Slot};
+use crate::budget::{Budget, Life, Opening, Slot};
 use crate::{stream, ConnError, Inner};
 
 /// One open connection. Its budget permit is held by the task driving the connection,
@@ -193,7 +193,9 @@ impl managed::Manager for Manager {
         let slot = self.permit(deadline).await?;
         let life = slot.life.clone();
         let reads = Arc::new(stream::ReadCap::default());
+        let opening = Opening::start(&self.budget);
         let (client, connection) = self.open(deadline, &reads).await?;
+        drop(opening);
         // The task drives the connection and holds the permit until the server has
         // closed the socket; dropping the client ends the session (Terminate, then
         // our side shut, then the server's close).

@@ -311,6 +311,8 @@ pub struct ServerUsage {
     /// Of those, the ones whose permits have not come back yet (their server has not
     /// closed them yet).
     pub evicting: usize,
+    /// Connections holding a permit whose session is still being opened.
+    pub opening: usize,
     /// Requests waiting for a permit of this server's budget now.
     pub waiting: usize,
 }
@@ -736,6 +738,7 @@ impl Pools {
                 opened: b.opened.load(Ordering::Relaxed),
                 evicted: b.evicted.load(Ordering::Relaxed),
                 evicting: b.evicting.load(Ordering::SeqCst),
+                opening: b.opening.load(Ordering::SeqCst),
                 waiting: b.limit.waiting.load(Ordering::SeqCst),
                 pools: self
                     .inner

@@ -197,13 +197,13 @@ async fn under_load_with_backends_killed_at_random_the_books_balance() {
     assert!(killed >= 3 && u.evicted > 0, "the test did not bite: {u:?}");
 
     settle(&pools, "no waiter, no eviction pending", |u| {
-        u.waiting == 0 && u.evicting == 0 && u.open <= budget
+        u.waiting == 0 && u.evicting == 0 && u.opening == 0 && u.open <= budget
     })
     .await;
     // Every permit can be had at once by tenants that hold nothing yet.
     whole_budget_available(&pools, &t, budget).await;
     let u = usage(&pools);
-    assert_eq!((u.evicting, u.waiting), (0, 0), "{u:?}");
+    assert_eq!((u.evicting, u.waiting, u.opening), (0, 0, 0), "{u:?}");
 }
 
 #[tokio::test]

@@ -192,6 +192,8 @@ async fn contained(fault: Fault, expect: Sick) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.set(fault);
     let mut outcomes = Vec::new();
+    // The most connections seen being opened at once on the sick server.
+    let mut opening = 0;
     let fault_ends = Instant::now() + Duration::from_secs(3);
     while Instant::now() < fault_ends {
         // Every sick tenant at once, more than the budget: the requests that wait for a
@@ -204,6 +206,11 @@ async fn contained(fault: Fault, expect: Sick) {
                 tokio::spawn(async move { answered(&pools, &t).await })
             })
             .collect();
+        if matches!(fault, Fault::Blackhole) {
+            // Their connects hang until the connect deadline: each holds a permit.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            opening = opening.max(usage(&pools, SICK).opening);
+        }
         for task in tasks {
             outcomes.push(task.await.expect("a sick request answered in time"));
         }
@@ -258,6 +265,12 @@ async fn contained(fault: Fault, expect: Sick) {
     assert!(errors.is_empty(), "the well server failed: {errors:?}");
     assert!(n_before > 0 && n_during > 0 && n_after > 0 && served > 0);
     assert!(!outcomes.is_empty());
+    if matches!(fault, Fault::Blackhole) {
+        assert!(
+            (1..=BUDGET).contains(&opening),
+            "connections being opened: {opening}"
+        );
+    }
     match expect {
         Sick::AllFail => {
             assert_eq!(failed, outcomes.len(), "{outcomes:?}");
@@ -269,7 +282,7 @@ async fn contained(fault: Fault, expect: Sick) {
 
     // Nothing leaked: idle, the sick server's books settle to nothing.
     settle(&pools, SICK, "the sick server's books settle", |u| {
-        u.open == 0 && u.evicting == 0 && u.waiting == 0
+        u.open == 0 && u.evicting == 0 && u.waiting == 0 && u.opening == 0
     })
     .await;
     // And its whole budget can be held at once, by as many tenants.

@@ -145,7 +145,7 @@ impl Metrics {
         let pools = IntGaugeVec::new(
             Opts::new(
                 "tenantry_server_connections",
-                "per server: budget, open connections, tenant pools, requests waiting for a permit, evicted connections not yet closed",
+                "per server: budget, open connections, tenant pools, requests waiting for a permit, evicted connections not yet closed, connections being opened",
             ),
             &["server", "kind"],
         )
@@ -209,6 +209,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             ("pools", u.pools),
             ("waiting", u.waiting),
             ("evicting", u.evicting),
+            ("opening", u.opening),
         ] {
             m.pools.with_label_values(&[&server, kind]).set(n as i64);
         }

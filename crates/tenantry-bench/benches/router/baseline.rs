@@ -4,7 +4,8 @@
 //! * [`one_database`]: one database, one pool of 10 shared by the workers (the
 //!   enterprise plan's size): the 1- and 100-tenant scenarios' baseline.
 //! * [`databases`]: a pool of one connection per database, as many databases as the
-//!   100-tenant scenario's tenants: what the same machine serves when the queries are
+//!   100-tenant scenario's tenants, each as its tenant's own role (the router's
+//!   authentication and privileges): what the same machine serves when the queries are
 //!   spread over that many databases and backends, which is the most any router could
 //!   serve there.
 
@@ -17,14 +18,19 @@ use super::WORKERS;
 
 pub type Pool = deadpool_postgres::Pool;
 
-/// A pool of `size` connections to `database`, as the superuser, its sessions named
-/// `app`.
-pub fn pool(pg: &TestCluster, database: &str, size: usize, app: &str) -> Pool {
+/// A pool of `size` connections to `database` as `user`, its sessions named `app`.
+pub fn pool(
+    pg: &TestCluster,
+    database: &str,
+    (user, password): (&str, &str),
+    size: usize,
+    app: &str,
+) -> Pool {
     let mut cfg = deadpool_postgres::Config::new();
     cfg.host = Some("127.0.0.1".into());
     cfg.port = Some(pg.port());
-    cfg.user = Some(pg.superuser().into());
-    cfg.password = Some(secrecy::ExposeSecret::expose_secret(pg.password()).to_owned());
+    cfg.user = Some(user.into());
+    cfg.password = Some(password.into());
     cfg.dbname = Some(database.into());
     cfg.application_name = Some(app.into());
     cfg.pool = Some(deadpool_postgres::PoolConfig::new(size));
@@ -74,12 +80,13 @@ fn serve(
     (handle, format!("http://{addr}"))
 }
 
-/// `GET /tasks/{id}` from one database, through one pool of 10.
+/// `GET /tasks/{id}` from one database, through one pool of 10 as the superuser.
 pub fn one_database(pg: &TestCluster, database: &str, app: &str) -> (ServerHandle, String) {
     async fn get(pool: web::Data<Pool>, id: web::Path<Uuid>) -> HttpResponse {
         task(&pool, id.into_inner()).await
     }
-    let data = web::Data::new(pool(pg, database, 10, app));
+    let superuser = secrecy::ExposeSecret::expose_secret(pg.password());
+    let data = web::Data::new(pool(pg, database, (pg.superuser(), superuser), 10, app));
     serve(move |app| {
         app.app_data(data.clone())
             .route("/tasks/{id}", web::get().to(get));
