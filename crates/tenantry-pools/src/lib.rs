@@ -377,9 +377,10 @@ impl Pools {
         if self.inner.replicas.swap(live, Ordering::SeqCst) != live {
             // Every pool takes its new part now, not at the next reap: when a replica
             // joins, the connections it may open are given back at once.
-            let per_server = self.active_per_server(self.inner.now_ms());
+            let now = self.inner.now_ms();
+            let per_server = self.active_per_server(now);
             for entry in self.inner.pools.iter() {
-                self.fit(&entry, &per_server);
+                self.fit(&entry, &per_server, now);
             }
         }
     }
@@ -617,7 +618,7 @@ impl Pools {
                     .uses
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u / 2));
             }
-            self.fit(&entry, &per_server);
+            self.fit(&entry, &per_server, now);
             let unused_ms = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
             if entry.pool.status().size == 0 && unused_ms > c.pool_idle_timeout.as_millis() as u64 {
                 idle_pools.push(*entry.key());
@@ -669,17 +670,20 @@ impl Pools {
     }
 
     /// Keeps a pool to this replica's part of its plan and its fair share of its
-    /// server's budget. On a server with no active pool it only lowers a size (the plan
-    /// share may have dropped): a pool grows again when it is next wanted
-    /// ([`Pools::refit`]), so a quiet spell does not hand every pool the whole budget.
-    fn fit(&self, entry: &Entry, per_server: &HashMap<i64, Activity>) {
+    /// server's budget. A pool not used lately (not active) is only lowered (the plan
+    /// share or the budget may have dropped): it grows again when it is next wanted
+    /// ([`Pools::refit`]), to the share of the pools active then. Raised here, every
+    /// quiet pool would be sized for the share of the few busy ones (the whole budget
+    /// after a lull), and a burst over many of them would open connections past their
+    /// share, each closing another tenant's.
+    fn fit(&self, entry: &Entry, per_server: &HashMap<i64, Activity>, now: u64) {
         let budget = self.budget(entry.server).limit.get();
         let active = per_server.get(&entry.server).map_or(0, |s| s.active);
         let size = self
             .plan_share(entry.plan_size)
             .min(budget / active.max(1))
             .max(1);
-        if active == 0 && size > entry.size.get() {
+        if size > entry.size.get() && !self.inner.is_active(entry, now) {
             return;
         }
         entry.set_size(size);

@@ -252,3 +252,50 @@ async fn a_busy_tenant_takes_the_share_of_tenants_gone_quiet_when_it_needs_it() 
         "never past the budget"
     );
 }
+
+/// A reap raises only the pools used lately: a pool gone quiet keeps its size while
+/// another is busy, rather than taking the busy one's share, and grows when it is next
+/// wanted, to the share of the pools active then.
+#[tokio::test]
+async fn a_quiet_pool_is_not_raised_to_a_busy_ones_share() {
+    let pg = TestCluster::start();
+    let mut targets = numbered(&pg, "z", 2).await;
+    for t in &mut targets {
+        t.max_size = 4;
+    }
+    let (a, b) = (&targets[0], &targets[1]);
+    // Idle connections kept: only the sizes change in this test.
+    let pools = Pools::new(
+        PoolConfig {
+            idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(60),
+            ..config()
+        },
+        4,
+    );
+    // Both in use: half the budget each. b keeps two idle connections, a one.
+    drop(pools.get(a).await.unwrap());
+    let held = (pools.get(b).await.unwrap(), pools.get(b).await.unwrap());
+    drop(held);
+    assert_eq!(backends(&pg).await, 3);
+
+    // Both go quiet; then a is busy again, and a reap gives it the whole budget.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    drop(pools.get(a).await.unwrap());
+    pools.reap();
+    // b, quiet at the reap, kept its size (2): a third request waits while a is active,
+    // although the budget has a permit free (a's share).
+    let held = (pools.get(b).await.unwrap(), pools.get(b).await.unwrap());
+    assert!(
+        matches!(pools.get(b).await, Err(PoolError::Busy)),
+        "a quiet pool was raised to the busy one's share"
+    );
+    assert_eq!(backends(&pg).await, 3);
+
+    // a goes quiet: b's next request past its size takes the share of the one active
+    // pool now, its own.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let third = pools.get(b).await.expect("grown when wanted");
+    assert_eq!(backends(&pg).await, 4);
+    drop((held, third));
+}
