@@ -334,19 +334,23 @@ async fn timed_get(http: &reqwest::Client, url: &str, auth: &str) -> Duration {
 /// A cold request's parts, each timed alone on `tenants` (cold: never resolved, no
 /// connection), `t{first}` onwards: the catalog lookup (the resolver's, sealed password
 /// opened), the TCP connect, the start-up with SCRAM authentication, and the first query
-/// (prepare and run); as `median [p99]` in ms each, and the sum of the medians.
+/// (prepare and run); as `median [p99]` in ms each, and the sum of the medians. Then the
+/// same connection as the pools open it for a tenant they have never seen (its pools
+/// built, a budget permit, the TCP connect and the start-up), in pools of their own
+/// with room for every tenant: what the pool adds to the connect and the start-up.
 async fn cold_parts(
     pg: &TestCluster,
     resolver: &tenantry_router::resolve::Resolver,
     tenants: &[Tenant],
     first: usize,
 ) -> String {
-    let mut parts: [Vec<Duration>; 4] = Default::default();
+    let mut parts: [Vec<Duration>; 5] = Default::default();
+    let pools = tenantry_pools::Pools::new(tenantry_pools::PoolConfig::default(), tenants.len());
     for (k, t) in tenants.iter().enumerate() {
         let clock = Instant::now();
         let route = resolver.resolve(&format!("t{}", first + k)).await.unwrap();
         parts[0].push(clock.elapsed());
-        assert!(route.is_some());
+        let route = route.expect("a cold tenant's route");
         let clock = Instant::now();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg.port()))
             .await
@@ -375,6 +379,10 @@ async fn cold_parts(
         parts[3].push(clock.elapsed());
         drop(client);
         let _ = driver.await;
+        let clock = Instant::now();
+        let lease = pools.get(&route.target).await.unwrap();
+        parts[4].push(clock.elapsed());
+        drop(lease);
     }
     let names = [
         "catalog lookup",
@@ -392,9 +400,12 @@ async fn cold_parts(
             format!("{name} {:.2} [{:.2}]", s.p50_ms, s.p99_ms)
         })
         .collect();
+    let pool = Summary::new("", &parts[4], Duration::ZERO);
     format!(
-        "{}; {sum:.2} ms together (the rest of a first request: HTTP, the token, the pool, bookkeeping)",
-        described.join(", ")
+        "{}; {sum:.2} ms together (the rest of a first request: HTTP, the token, the pool, bookkeeping); the pools' first connection for a tenant (pools built, a permit, TCP connect, start-up + SCRAM) {:.2} [{:.2}]",
+        described.join(", "),
+        pool.p50_ms,
+        pool.p99_ms
     )
 }
 
