@@ -1,0 +1,102 @@
+//! A cold tenant's first request: timed over HTTP, and taken apart.
+
+use std::time::{Duration, Instant};
+
+use tenantry_bench::Summary;
+use tenantry_testkit::TestCluster;
+
+use super::Tenant;
+
+/// One `GET` with its token, which must succeed; how long it took.
+pub async fn timed_get(http: &reqwest::Client, url: &str, auth: &str) -> Duration {
+    let t = Instant::now();
+    let r = http
+        .get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    t.elapsed()
+}
+
+/// A cold request's parts, each timed alone on `tenants` (cold: never resolved, no
+/// connection), `t{first}` onwards: the catalog lookup (the resolver's, sealed password
+/// opened), the TCP connect, the start-up with SCRAM authentication, and the first query
+/// (prepare and run); as `median [p99]` in ms each, and the sum of the medians. Then the
+/// same connection as the pools open it for a tenant they have never seen (its pools
+/// built, a budget permit, the TCP connect and the start-up), in pools of their own
+/// with room for every tenant: what the pool adds to the connect and the start-up.
+pub async fn cold_parts(
+    pg: &TestCluster,
+    resolver: &tenantry_router::resolve::Resolver,
+    tenants: &[Tenant],
+    first: usize,
+) -> String {
+    let mut parts: [Vec<Duration>; 5] = Default::default();
+    let pools = tenantry_pools::Pools::new(tenantry_pools::PoolConfig::default(), tenants.len());
+    for (k, t) in tenants.iter().enumerate() {
+        let clock = Instant::now();
+        let route = resolver.resolve(&format!("t{}", first + k)).await.unwrap();
+        parts[0].push(clock.elapsed());
+        let route = route.expect("a cold tenant's route");
+        let clock = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", pg.port()))
+            .await
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        parts[1].push(clock.elapsed());
+        let clock = Instant::now();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .dbname(&t.database)
+            .user(&t.role)
+            .password(&t.password)
+            .application_name("bench-cold");
+        let (client, conn) = config
+            .connect_raw(tcp, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        parts[2].push(clock.elapsed());
+        let driver = tokio::spawn(conn);
+        let clock = Instant::now();
+        let st = client
+            .prepare("SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at FROM tasks WHERE id = $1")
+            .await
+            .unwrap();
+        client.query_opt(&st, &[&t.task]).await.unwrap();
+        parts[3].push(clock.elapsed());
+        drop(client);
+        let _ = driver.await;
+        // A backend goes on exiting after it has closed its socket: let it finish, or
+        // the next start-up timed shares the server with it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let clock = Instant::now();
+        let lease = pools.get(&route.target).await.unwrap();
+        parts[4].push(clock.elapsed());
+        drop(lease);
+    }
+    let names = [
+        "catalog lookup",
+        "TCP connect",
+        "start-up + SCRAM",
+        "first query",
+    ];
+    let mut sum = 0.0;
+    let described: Vec<String> = names
+        .iter()
+        .zip(&parts)
+        .map(|(name, samples)| {
+            let s = Summary::new(*name, samples, Duration::ZERO);
+            sum += s.p50_ms;
+            format!("{name} {:.2} [{:.2}]", s.p50_ms, s.p99_ms)
+        })
+        .collect();
+    let pool = Summary::new("", &parts[4], Duration::ZERO);
+    format!(
+        "{}; {sum:.2} ms together (the rest of a first request: HTTP, the token, the pool, bookkeeping); the pools' first connection for a tenant (pools built, a permit, TCP connect, start-up + SCRAM) {:.2} [{:.2}]",
+        described.join(", "),
+        pool.p50_ms,
+        pool.p99_ms
+    )
+}
