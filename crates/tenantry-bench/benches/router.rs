@@ -25,6 +25,9 @@ mod misses;
 use cold::{cold_parts, timed_get};
 use misses::{connection_opens, permits_in_transit, zipf, zipf_top_share, zipf_top_share_mean};
 
+/// The scenario's query, as the router's `GET /v1/tasks/{id}` runs it: the bare handlers,
+/// the cold parts and the open loop run the same.
+const TASK_BY_ID: &str = "SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at FROM tasks WHERE id = $1";
 const TENANTS: usize = 1000;
 /// Every scenario (the baseline's too) runs this long before it is measured: pools fill
 /// and connections open, so the figures are the steady state.
@@ -543,7 +546,7 @@ async fn run() -> Report {
             miss * 100.0
         ),
         format!(
-            "1,000 Zipf: budget permits held by connections being opened or closed, mean per round {} of 64; a perfect cache of the rest would open one for {:.1}% of requests (at the median)",
+            "1,000 Zipf: budget permits held by connections being opened or closed, mean per round {} of {ZIPF_BUDGET}; a perfect cache of the rest would open one for {:.1}% of requests (at the median)",
             spread(&mut in_transit.clone()),
             100.0 * (1.0 - zipf_top_share_mean(TENANTS, ZIPF_BUDGET as f64 - median(&in_transit)))
         ),

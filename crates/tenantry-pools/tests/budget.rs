@@ -217,13 +217,19 @@ async fn settle_open(pools: &Pools, open: usize) {
     support::settle(pools, "open connections", |u| u.open == open).await;
 }
 
-#[tokio::test]
-async fn a_busy_tenant_takes_the_share_of_tenants_gone_quiet_when_it_needs_it() {
-    let pg = TestCluster::start();
-    let mut targets = numbered(&pg, "q", 2).await;
+/// Two tenants whose plans' pools are 4: as large as the budgets of the share tests.
+async fn two_of_size_4(pg: &TestCluster, prefix: &str) -> Vec<tenantry_pools::Target> {
+    let mut targets = numbered(pg, prefix, 2).await;
     for t in &mut targets {
         t.max_size = 4;
     }
+    targets
+}
+
+#[tokio::test]
+async fn a_busy_tenant_takes_the_share_of_tenants_gone_quiet_when_it_needs_it() {
+    let pg = TestCluster::start();
+    let targets = two_of_size_4(&pg, "q").await;
     let (a, b) = (&targets[0], &targets[1]);
     // No reaper: only a request at its pool's size recomputes the share.
     let pools = Pools::new(config(), 4);
@@ -259,10 +265,7 @@ async fn a_busy_tenant_takes_the_share_of_tenants_gone_quiet_when_it_needs_it() 
 #[tokio::test]
 async fn a_quiet_pool_is_not_raised_to_a_busy_ones_share() {
     let pg = TestCluster::start();
-    let mut targets = numbered(&pg, "z", 2).await;
-    for t in &mut targets {
-        t.max_size = 4;
-    }
+    let targets = two_of_size_4(&pg, "z").await;
     let (a, b) = (&targets[0], &targets[1]);
     // Idle connections kept: only the sizes change in this test.
     let pools = Pools::new(

@@ -44,13 +44,7 @@ pub fn pool(
 /// The task `id`, read through `pool`, as the router's `GET /v1/tasks/{id}` answers it.
 async fn task(pool: &Pool, id: Uuid) -> HttpResponse {
     let client = pool.get().await.unwrap();
-    let st = client
-        .prepare_cached(
-            "SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at
-             FROM tasks WHERE id = $1",
-        )
-        .await
-        .unwrap();
+    let st = client.prepare_cached(super::TASK_BY_ID).await.unwrap();
     match client.query_opt(&st, &[&id]).await.unwrap() {
         Some(r) => HttpResponse::Ok().json(serde_json::json!({
             "id": r.get::<_, Uuid>(0), "user_id": r.get::<_, String>(1), "agent": r.get::<_, String>(2),

@@ -60,10 +60,7 @@ pub async fn cold_parts(
         parts[2].push(clock.elapsed());
         let driver = tokio::spawn(conn);
         let clock = Instant::now();
-        let st = client
-            .prepare("SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at FROM tasks WHERE id = $1")
-            .await
-            .unwrap();
+        let st = client.prepare(super::TASK_BY_ID).await.unwrap();
         client.query_opt(&st, &[&t.task]).await.unwrap();
         parts[3].push(clock.elapsed());
         drop(client);

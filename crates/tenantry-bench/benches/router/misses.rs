@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 use tenantry_testkit::TestCluster;
 use uuid::Uuid;
 
-/// Zipf(s = 1.1) over `n` items: item k is chosen with weight 1/k^s.
+/// The weight of the `k`th most popular item (from 1) under Zipf(s = 1.1): 1/k^s.
+fn zipf_weight(k: usize) -> f64 {
+    1.0 / (k as f64).powf(1.1)
+}
+
+/// Zipf(s = 1.1) over `n` items: item k is chosen with weight [`zipf_weight`].
 pub fn zipf(n: usize) -> Arc<dyn Fn(usize) -> usize + Send + Sync> {
-    let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(1.1)).collect();
+    let weights: Vec<f64> = (1..=n).map(zipf_weight).collect();
     let total: f64 = weights.iter().sum();
     let mut cdf = Vec::with_capacity(n);
     let mut acc = 0.0;
@@ -32,8 +37,7 @@ pub fn zipf(n: usize) -> Arc<dyn Fn(usize) -> usize + Send + Sync> {
 /// The share of Zipf(1.1) traffic over `n` items that goes to the `k` most popular: the
 /// best hit rate any cache of `k` connections can have.
 pub fn zipf_top_share(n: usize, k: usize) -> f64 {
-    let w = |i: usize| 1.0 / (i as f64).powf(1.1);
-    (1..=k).map(w).sum::<f64>() / (1..=n).map(w).sum::<f64>()
+    (1..=k).map(zipf_weight).sum::<f64>() / (1..=n).map(zipf_weight).sum::<f64>()
 }
 
 /// [`zipf_top_share`] for a cache of `k` connections on average, `k` between two counts.
@@ -105,10 +109,7 @@ pub async fn connection_opens(
                         .password(password);
                     let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
                     let driver = tokio::spawn(conn);
-                    let st = client
-                        .prepare("SELECT id, user_id, agent, title, input, status, output, cost_cents, created_at, updated_at FROM tasks WHERE id = $1")
-                        .await
-                        .unwrap();
+                    let st = client.prepare(super::TASK_BY_ID).await.unwrap();
                     client.query_opt(&st, &[task]).await.unwrap();
                     drop(client);
                     let _ = driver.await;
