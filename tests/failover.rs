@@ -388,23 +388,31 @@ async fn moves_cut_off_by_a_failover_are_finished_by_themselves_or_by_reconcile_
         before.push(contents(&d.pg, &db).await);
     }
 
-    // Both moves stall for three seconds before their copy (their subscriptions made);
-    // the catalog's primary crashes meanwhile, `cut`'s process is killed while the
-    // catalog is down, and the standby is promoted.
+    // Both moves stall before their copy (their subscriptions made); the catalog's
+    // primary crashes meanwhile, `cut`'s process is killed while the catalog is down, and
+    // the standby is promoted; then `rider` goes on.
+    let release = d.home.path().join("release-moves");
     let spawn = |slug: &str, to: &str| {
         let mut cmd = d.cmd(&["tenant", "move", slug, "--to", to]);
-        cmd.env("TENANTRY_FAULT", "move.copy.before=delay");
+        cmd.env("TENANTRY_FAULT", "move.copy.before=hold")
+            .env("TENANTRY_FAULT_RELEASE", &release);
         support::Running::spawn(cmd)
     };
     let rider = spawn("rider", "s2");
     let cut = spawn("cut", "s3");
+    // Held: the copy step's ledger row is written just before the hold (the move's
+    // phase, a query earlier).
     until(
         "both moves reach their copy",
         Duration::from_secs(30),
         || async {
             d.catalog()
                 .await
-                .query_one("SELECT count(*) FROM moves WHERE phase = 'copy'", &[])
+                .query_one(
+                    "SELECT count(*) FROM operations
+                     WHERE kind = 'move' AND step = 'copy' AND status = 'started'",
+                    &[],
+                )
                 .await
                 .unwrap()
                 .get::<_, i64>(0)
@@ -416,6 +424,7 @@ async fn moves_cut_off_by_a_failover_are_finished_by_themselves_or_by_reconcile_
     cut.signal("KILL");
     let _ = cut.wait(Duration::from_secs(30));
     standby.promote().await;
+    std::fs::write(&release, "").unwrap();
     let (status, stdout, stderr) = rider.wait(Duration::from_secs(120));
     assert!(status.success(), "{stdout} {stderr}");
 

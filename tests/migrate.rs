@@ -96,25 +96,34 @@ impl Fleet {
 
     /// A superuser connection to a tenant's database.
     async fn db(&self, slug: &str) -> tokio_postgres::Client {
-        let (_, _, database, port) = self
+        let tenant = self
             .tenants()
             .await
             .into_iter()
             .find(|t| t.0 == slug)
             .unwrap();
-        let pg = if port == i32::from(self.d.pg.port()) {
+        self.connect(&tenant).await
+    }
+
+    /// A superuser connection to the database of a tenant as [`Fleet::tenants`] lists it.
+    async fn connect(
+        &self,
+        (_, _, database, port): &(String, i32, String, i32),
+    ) -> tokio_postgres::Client {
+        let pg = if *port == i32::from(self.d.pg.port()) {
             &self.d.pg
         } else {
             &self._second
         };
-        pg.connect(&database).await
+        pg.connect(database).await
     }
 
     /// Every tenant database's refinery history: (slug, versions applied, in order).
     async fn histories(&self) -> Vec<(String, Vec<i32>)> {
         let mut out = Vec::new();
-        for (slug, ..) in self.tenants().await {
-            let db = self.db(&slug).await;
+        for tenant in self.tenants().await {
+            let db = self.connect(&tenant).await;
+            let slug = tenant.0;
             let versions: Vec<i32> = db
                 .query(
                     "SELECT version FROM refinery_schema_history ORDER BY version",

@@ -332,6 +332,10 @@ impl Cluster {
             "password_encryption=scram-sha-256".to_owned(),
             // Tenants move between servers with logical replication (`tenant move`).
             "wal_level=logical".to_owned(),
+            // PostgreSQL 15's replication launcher starts one subscription worker per
+            // interval (5 s by default), whichever subscription it is for: moves one after
+            // another (a server evacuated) would each wait for it.
+            "wal_retrieve_retry_interval=200ms".to_owned(),
         ];
         if self.opts.durability == Durability::Throwaway {
             settings.extend(
