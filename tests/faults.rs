@@ -257,18 +257,19 @@ async fn a_faulty_server_costs_only_its_own_tenants_and_comes_back_whole() {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (open, waiting, evicting, opening) = (
+        let (open, waiting, evicting, opening, to_open) = (
             books(&r.base, s2, "open").await,
             books(&r.base, s2, "waiting").await,
             books(&r.base, s2, "evicting").await,
             books(&r.base, s2, "opening").await,
+            books(&r.base, s2, "waiting_to_open").await,
         );
-        if (open, waiting, evicting, opening) == (0, 0, 0, 0) {
+        if (open, waiting, evicting, opening, to_open) == (0, 0, 0, 0, 0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "s2's books never settled: open {open}, waiting {waiting}, evicting {evicting}, opening {opening}"
+            "s2's books never settled: open {open}, waiting {waiting}, evicting {evicting}, opening {opening}, waiting to open {to_open}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -40,6 +40,8 @@ pub struct RouterSettings {
     /// of a higher plan priority go first, at most (0: arrival order). Below
     /// `pool_wait_ms`, so a lower priority is served before its deadline.
     pub priority_max_defer_ms: u64,
+    /// The most tenant sessions this router starts at once on one server (0: no limit).
+    pub connects_at_once: usize,
     /// How long a request of a tenant whose move is cutting over waits for the flip
     /// before it is told to come back (503 `tenant_moving`).
     pub cutover_hold_ms: u64,

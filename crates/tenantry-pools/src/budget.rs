@@ -33,6 +33,14 @@ pub struct Budget {
     /// the server's start-up time, so the connections that can stay open between
     /// requests are the budget less these.
     pub(crate) opening: AtomicUsize,
+    /// Turns to open a session ([`Turn`]): a request takes one before it looks for a
+    /// permit and gives it back once its session is open, so at most this many sessions
+    /// are started on the server at once (and at most this many waiters close other
+    /// tenants' idle connections). The server starts sessions about as fast a few at a
+    /// time as many at a time, and each one started holds a permit until it is open: a
+    /// few turns leave the rest of the budget to connections that stay open. Ranked by
+    /// priority as the budget is. `None`: no limit.
+    pub(crate) turns: Option<Limit<Reverse<u8>>>,
 }
 
 /// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
@@ -80,8 +88,9 @@ impl Life {
 }
 
 impl Budget {
-    pub(crate) fn new(limit: usize, max_defer: Duration) -> Self {
+    pub(crate) fn new(limit: usize, turns: usize, max_defer: Duration) -> Self {
         Self {
+            turns: (turns > 0).then(|| Limit::new(turns, max_defer)),
             limit: Limit::new(limit, max_defer),
             open: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
@@ -113,6 +122,58 @@ impl<'a> Opening<'a> {
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
         self.0.opening.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A turn to open a session on a server (see [`Budget::turns`]), given back when dropped.
+pub(crate) struct Turn<'a> {
+    turns: &'a Limit<Reverse<u8>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Budget {
+    /// A turn to open a session, waited for in priority order until `deadline`
+    /// (`Ok(None)`: turns are not limited). `Err(())` past the deadline.
+    pub(crate) async fn turn(
+        &self,
+        priority: u8,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Turn<'_>>, ()> {
+        let Some(turns) = &self.turns else {
+            return Ok(None);
+        };
+        let permit = match turns.try_take() {
+            Some(p) => p,
+            None => {
+                let mut wait = turns.wait(Reverse(priority), None);
+                match wait.granted() {
+                    Some(p) => p,
+                    None => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        wait.granted_within(left).await.ok_or(())?
+                    }
+                }
+            }
+        };
+        Ok(Some(Turn {
+            turns,
+            permit: Some(permit),
+        }))
+    }
+
+    /// Requests waiting for a turn to open a session.
+    pub(crate) fn waiting_for_turns(&self) -> usize {
+        self.turns
+            .as_ref()
+            .map_or(0, |t| t.waiting.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.turns.give_back(permit, None);
+        }
     }
 }
 

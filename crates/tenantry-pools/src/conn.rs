@@ -11,7 +11,7 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
-use crate::budget::{Budget, Life, Opening, Slot};
+use crate::budget::{Budget, Life, Opening, Slot, Turn};
 use crate::{stream, ConnError, Inner};
 
 /// One open connection. Its budget permit is held by the task driving the connection,
@@ -138,14 +138,22 @@ impl Manager {
     /// Opens the connection; a server that says the role (or the server) has too many
     /// connections (SQLSTATE 53300) is asked again until `deadline`, as a full pool would
     /// be waited for: when a router replica joins, the others shrink their pools for the
-    /// tenant only at their next heartbeat. The slot's permit is kept meanwhile.
-    async fn open(
-        &self,
+    /// tenant only at their next heartbeat. The slot's permit is kept meanwhile; the turn
+    /// is not (a tenant at its role's limit does not hold up the server's other tenants),
+    /// and is waited for again before the next try.
+    async fn open<'b>(
+        &'b self,
         deadline: tokio::time::Instant,
         reads: &Arc<stream::ReadCap>,
+        turn: &mut Option<Turn<'b>>,
     ) -> Result<Opened, ConnError> {
         let mut pause = Duration::from_millis(20);
+        let mut first = true;
         loop {
+            if !first {
+                *turn = self.turn(deadline).await?;
+            }
+            first = false;
             let error = match tokio::time::timeout(self.connect_timeout, self.connect(reads)).await
             {
                 Err(_) => return Err(ConnError::Timeout),
@@ -163,9 +171,18 @@ impl Manager {
                 return Err(ConnError::Budget);
             }
             // Asked again up to the deadline itself, the last time at it.
+            *turn = None;
             tokio::time::sleep_until((now + pause).min(deadline)).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    /// A turn to open a session on the server ([`Budget::turns`]), by `deadline`.
+    async fn turn(&self, deadline: tokio::time::Instant) -> Result<Option<Turn<'_>>, ConnError> {
+        self.budget
+            .turn(self.priority, deadline)
+            .await
+            .map_err(|()| ConnError::Budget)
     }
 
     async fn connect(&self, reads: &Arc<stream::ReadCap>) -> Result<Opened, ConnError> {
@@ -190,12 +207,16 @@ impl managed::Manager for Manager {
         // Whatever way this ends (an error, a timeout, the future dropped), the slot is
         // dropped with it and gives its permit and its count back.
         let deadline = tokio::time::Instant::now() + self.wait;
+        // The turn first: only requests whose session is next to start look for a permit
+        // (and close other tenants' idle connections to get one).
+        let mut turn = self.turn(deadline).await?;
         let slot = self.permit(deadline).await?;
         let life = slot.life.clone();
         let reads = Arc::new(stream::ReadCap::default());
         let opening = Opening::start(&self.budget);
-        let (client, connection) = self.open(deadline, &reads).await?;
+        let (client, connection) = self.open(deadline, &reads, &mut turn).await?;
         drop(opening);
+        drop(turn);
         // The task drives the connection and holds the permit until the server has
         // closed the socket; dropping the client ends the session (Terminate, then
         // our side shut, then the server's close).

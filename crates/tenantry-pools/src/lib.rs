@@ -77,6 +77,9 @@ pub struct PoolConfig {
     /// on the thread that drives a returned connection go first ([`slots`]); zero:
     /// arrival order. [`HANDOVER_MAX_DEFER`] in the router.
     pub handover_max_defer: Duration,
+    /// The most sessions started at once on one server ([`Budget`]'s turns); 0: no
+    /// limit.
+    pub connects_at_once: usize,
 }
 
 impl Default for PoolConfig {
@@ -93,6 +96,7 @@ impl Default for PoolConfig {
             thread_slots: 0,
             priority_max_defer: Duration::ZERO,
             handover_max_defer: HANDOVER_MAX_DEFER,
+            connects_at_once: 0,
         }
     }
 }
@@ -315,6 +319,9 @@ pub struct ServerUsage {
     pub opening: usize,
     /// Requests waiting for a permit of this server's budget now.
     pub waiting: usize,
+    /// Requests waiting for their turn to open a session on this server (before they
+    /// look for a permit).
+    pub waiting_to_open: usize,
 }
 
 /// All tenant pools of this process.
@@ -407,6 +414,7 @@ impl Pools {
                 self.inner.budget_wanted.notify_one();
                 Arc::new(Budget::new(
                     self.inner.default_budget,
+                    self.inner.config.connects_at_once,
                     self.inner.config.priority_max_defer,
                 ))
             })
@@ -744,6 +752,7 @@ impl Pools {
                 evicting: b.evicting.load(Ordering::SeqCst),
                 opening: b.opening.load(Ordering::SeqCst),
                 waiting: b.limit.waiting.load(Ordering::SeqCst),
+                waiting_to_open: b.waiting_for_turns(),
                 pools: self
                     .inner
                     .pools

@@ -3,8 +3,9 @@
 //! it stands for, the debt left when it was lowered below what is held, and the
 //! waiters. A permit that comes back while there is debt pays it (is forgotten) instead
 //! of going back. Used for a server's budget ([`crate::Budget`], waiters ranked by
-//! priority) and for a tenant pool's size in this replica ([`crate::Lease`], waiters
-//! ranked by the worker thread they wait on).
+//! priority) and its turns to open a session (ranked the same way), and for a tenant
+//! pool's size in this replica ([`crate::Lease`], waiters ranked by the worker thread
+//! they wait on).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,7 +12,7 @@ use tenantry_testkit::proxy::{Fault, FaultProxy};
 use tenantry_testkit::TestCluster;
 
 mod support;
-use support::numbered;
+use support::{numbered, request};
 
 // Generous: a connection's SCRAM exchange alone can take hundreds of milliseconds in a
 // debug build on a loaded 2-core machine, and a healthy server must never miss them.
@@ -44,15 +44,6 @@ fn usage(pools: &Pools, server: i64) -> ServerUsage {
         .into_iter()
         .find(|u| u.server == server)
         .unwrap()
-}
-
-/// One request: a connection and a query. `Err` says why it failed.
-async fn request(pools: &Pools, target: &Target) -> Result<(), String> {
-    let conn = pools.get(target).await.map_err(|e| e.to_string())?;
-    conn.query_one("SELECT 1", &[])
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 /// A request that must answer, one way or the other, within [`NO_HANG`].

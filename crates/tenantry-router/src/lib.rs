@@ -161,6 +161,7 @@ impl AppState {
                 // its role's or database's settings does not change the router's sessions.
                 thread_slots: 0,
                 handover_max_defer: tenantry_pools::HANDOVER_MAX_DEFER,
+                connects_at_once: r.connects_at_once,
                 session_options: format!(
                     "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
                     settings.provision.statement_timeout_ms,

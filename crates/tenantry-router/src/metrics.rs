@@ -210,6 +210,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             ("waiting", u.waiting),
             ("evicting", u.evicting),
             ("opening", u.opening),
+            ("waiting_to_open", u.waiting_to_open),
         ] {
             m.pools.with_label_values(&[&server, kind]).set(n as i64);
         }

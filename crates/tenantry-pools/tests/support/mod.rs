@@ -64,6 +64,15 @@ pub fn two_threads(pg: &TestCluster, name: &str, config: PoolConfig) -> (Target,
     (target, pools)
 }
 
+/// One request: a connection and a query. `Err` says why it failed.
+pub async fn request(pools: &Pools, target: &Target) -> Result<(), String> {
+    let conn = pools.get(target).await.map_err(|e| e.to_string())?;
+    conn.query_one("SELECT 1", &[])
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A connection of the target's, and the backend serving it.
 pub async fn backend(pools: &Pools, target: &Target) -> (i32, tenantry_pools::Lease) {
     let conn = pools.get(target).await.unwrap();
@@ -116,11 +125,12 @@ pub fn usage(pools: &Pools) -> ServerUsage {
     pools.usage().into_iter().find(|u| u.server == 1).unwrap()
 }
 
-/// Waits until `check` holds for server 1's books.
+/// Waits until `check` holds for server 1's books (kept once it is first asked for).
 pub async fn settle(pools: &Pools, what: &str, check: impl Fn(&ServerUsage) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !check(&usage(pools)) {
-        assert!(Instant::now() < deadline, "{what}: {:?}", usage(pools));
+    let books = || pools.usage().into_iter().find(|u| u.server == 1);
+    while !books().is_some_and(|u| check(&u)) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", books());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
