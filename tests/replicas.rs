@@ -11,19 +11,10 @@ use support::routers::{
 };
 use support::{token, Deployment};
 
-async fn create_tenant(d: &Deployment, slug: &str, plan: &str) {
-    let out = d.run(&["tenant", "create", slug, "--plan", plan]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn two_routers_keep_a_busy_tenant_within_its_role_connection_limit() {
     let d = Deployment::new().await;
-    create_tenant(&d, "busy", "enterprise").await;
+    d.create_tenant("busy", "enterprise");
     let limit: i32 =
         d.pg.connect("postgres")
             .await
@@ -74,7 +65,7 @@ async fn two_routers_keep_a_busy_tenant_within_its_role_connection_limit() {
 #[tokio::test]
 async fn two_routers_share_a_tenants_request_rate() {
     let d = Deployment::new().await;
-    create_tenant(&d, "thrifty", "free").await;
+    d.create_tenant("thrifty", "free");
     let (one, two) = two_routers(&d).await;
     let http = reqwest::Client::new();
     let auth = bearer(&token("thrifty", None));

@@ -262,6 +262,16 @@ impl Deployment {
         output(self.cmd(args))
     }
 
+    /// `tenant create SLUG --plan PLAN`; panics unless it succeeds.
+    pub fn create_tenant(&self, slug: &str, plan: &str) {
+        let out = self.run(&["tenant", "create", slug, "--plan", plan]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs with `--output json` and parses stdout; panics unless the exit code is `code`.
     pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
         let mut all = vec!["--output", "json"];
