@@ -290,8 +290,20 @@ async fn shutdown_drains_requests_in_flight() {
     let d = Deployment::new().await;
     d.create_tenant("patient", "enterprise");
     let r = d.serve(&[]).await;
-    let http = reqwest::Client::new();
     let t = bearer(&token("patient", None));
+    // A first request, on an HTTP connection of its own (so one worker), opens the
+    // tenant's database connection on that worker's thread, then leaves it idle. The slow
+    // request comes on a second HTTP connection, which the router hands to its other
+    // worker: it takes that idle connection rather than open one. Asked to stop, the
+    // first worker has nothing in flight, yet the connection it drives must outlive it.
+    let first = reqwest::Client::new()
+        .get(format!("{}/v1/tasks", r.base))
+        .header("authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let http = reqwest::Client::new();
     let slow = {
         let (http, url, t) = (http.clone(), format!("{}/v1/sql", r.base), t.clone());
         tokio::spawn(async move {

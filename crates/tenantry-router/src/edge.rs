@@ -11,12 +11,13 @@
 
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::StatusCode;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{web, HttpMessage, ResponseError};
 use bytes::Bytes;
 use tracing::Span;
@@ -57,6 +58,56 @@ fn label(req: &actix_web::HttpRequest) -> &'static str {
 }
 
 pub(crate) struct Edge;
+
+/// The requests in flight, and whether the router is stopping. A request counts from
+/// its arrival until its response's body is sent (or dropped). While stopping, every
+/// answer asks its client to close the connection, so kept-alive connections bring no
+/// more requests: [`Drain::stop`] waits for the count to reach 0 before it stops the
+/// workers. Stopping a worker ends the connections its thread drives, and a request on
+/// another worker may be using one of them ([`tenantry_pools`] lends a tenant's idle
+/// connection across threads), so no worker stops while any request is in flight.
+#[derive(Default)]
+pub struct Drain {
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Drain {
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops the router `handle` runs: no new connections, every answer from now on
+    /// closes its connection, the requests in flight finish (for at most `timeout`),
+    /// then the workers stop (graceful: what is left in flight gets actix's own
+    /// shutdown timeout).
+    pub async fn stop(&self, handle: &actix_web::dev::ServerHandle, timeout: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        handle.pause().await;
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handle.stop(true).await;
+    }
+}
+
+/// One request in flight, counted in [`Drain`] until dropped.
+pub(crate) struct InFlight(web::Data<AppState>);
+
+impl InFlight {
+    fn start(state: web::Data<AppState>) -> Self {
+        state.drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.drain.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl<S, B> Transform<S, ServiceRequest> for Edge
 where
@@ -115,6 +166,7 @@ where
         let started = Instant::now();
         let span = root_span(&req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let flight = state.clone().map(InFlight::start);
         let billed = Billed::default();
         let work = if header_bytes(&req) > MAX_HEADER_BYTES {
             req.extensions_mut().insert(Unrouted);
@@ -137,6 +189,7 @@ where
             started,
             state,
             billed,
+            flight,
         }
     }
 }
@@ -157,6 +210,7 @@ pin_project_lite::pin_project! {
         started: Instant,
         state: Option<web::Data<AppState>>,
         billed: Billed,
+        flight: Option<InFlight>,
     }
 }
 
@@ -197,7 +251,22 @@ where
             answered.count(state, this.billed, this.started.elapsed().as_secs_f64());
         }
         let span = this.span.clone();
-        Poll::Ready(outcome.map(|r| r.map_body(|_, body| Spanned { body, span })))
+        let flight = this.flight.take();
+        Poll::Ready(outcome.map(|mut r| {
+            if flight
+                .as_ref()
+                .is_some_and(|f| f.0.drain.stopping.load(Ordering::SeqCst))
+            {
+                r.response_mut()
+                    .head_mut()
+                    .set_connection_type(ConnectionType::Close);
+            }
+            r.map_body(|_, body| Spanned {
+                body,
+                span,
+                _flight: flight,
+            })
+        }))
     }
 }
 
@@ -247,6 +316,8 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         span: Span,
+        // The request is in flight until its body is sent.
+        _flight: Option<InFlight>,
     }
 }
 
@@ -267,7 +338,15 @@ impl<B: MessageBody> MessageBody for Spanned<B> {
     }
 
     fn try_into_bytes(self) -> Result<Bytes, Self> {
-        let Self { body, span } = self;
-        body.try_into_bytes().map_err(|body| Self { body, span })
+        let Self {
+            body,
+            span,
+            _flight,
+        } = self;
+        body.try_into_bytes().map_err(|body| Self {
+            body,
+            span,
+            _flight,
+        })
     }
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod business;
 mod console;
 mod edge;
+pub use edge::Drain;
 mod error;
 pub mod health;
 mod meter;
@@ -71,6 +72,8 @@ pub struct AppState {
     /// How long a request waits for its tenant's cutover to end (`router.cutover_hold_ms`).
     pub cutover_hold: Duration,
     pub sql: sql::SqlLimits,
+    /// The requests in flight, for a stop that lets them finish ([`edge::Drain::stop`]).
+    pub drain: Arc<Drain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +233,7 @@ impl AppState {
                 row_cap: r.sql_row_cap,
                 max_result_bytes: r.sql_max_result_bytes,
             },
+            drain: Arc::default(),
         };
         let background_pools = state.pools.clone();
         Ok((
@@ -254,6 +258,8 @@ pub struct RunningRouter {
     pub server: actix_web::dev::Server,
     /// The `/metrics` server, when it has an address of its own.
     pub metrics: Option<(SocketAddr, actix_web::dev::Server)>,
+    /// Its requests in flight: [`Drain::stop`] stops it once they are answered.
+    pub drain: Arc<Drain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,9 +271,10 @@ pub struct BindError {
 }
 
 /// Binds and starts the router. It does not listen for signals: the caller decides
-/// when to stop it ([`ServerHandle::stop`] with `graceful = true` drains requests in flight).
+/// when to stop it ([`Drain::stop`] lets the requests in flight finish first).
 pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, BindError> {
     let max_body = opts.max_body_bytes;
+    let drain = state.drain.clone();
     let data = web::Data::new(state);
     let metrics_apart = opts.metrics_bind.is_some();
     let metrics = match opts.metrics_bind {
@@ -330,5 +337,6 @@ pub fn start(opts: &RouterOptions, state: AppState) -> Result<RunningRouter, Bin
         handle: server.handle(),
         server,
         metrics,
+        drain,
     })
 }

@@ -104,12 +104,12 @@ pub async fn serve_until_signal(
         tokio::spawn(server);
         handle
     });
-    let handle = router.handle.clone();
+    let (handle, drain) = (router.handle.clone(), router.drain.clone());
     let mut server = tokio::spawn(router.server);
     let result = tokio::select! {
         signal = stop => {
-            tracing::info!(signal, "shutting down: draining requests in flight");
-            handle.stop(true).await;
+            tracing::info!(signal, in_flight = drain.in_flight(), "shutting down: draining requests in flight");
+            drain.stop(&handle, opts.shutdown_timeout).await;
             let _ = server.await;
             Ok(())
         }
