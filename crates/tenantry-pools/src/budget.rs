@@ -142,23 +142,21 @@ impl Budget {
         let Some(turns) = &self.turns else {
             return Ok(None);
         };
-        let permit = match turns.try_take() {
-            Some(p) => p,
-            None => {
-                let mut wait = turns.wait(Reverse(priority), None);
-                match wait.granted() {
-                    Some(p) => p,
-                    None => {
-                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        wait.granted_within(left).await.ok_or(())?
-                    }
-                }
-            }
+        let turn = |permit| {
+            Some(Turn {
+                turns,
+                permit: Some(permit),
+            })
         };
-        Ok(Some(Turn {
-            turns,
-            permit: Some(permit),
-        }))
+        if let Some(permit) = turns.try_take() {
+            return Ok(turn(permit));
+        }
+        let mut wait = turns.wait(Reverse(priority), None);
+        if let Some(permit) = wait.granted() {
+            return Ok(turn(permit));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait.granted_within(left).await.map(turn).ok_or(())
     }
 
     /// Requests waiting for a turn to open a session.

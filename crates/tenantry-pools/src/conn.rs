@@ -148,12 +148,7 @@ impl Manager {
         turn: &mut Option<Turn<'b>>,
     ) -> Result<Opened, ConnError> {
         let mut pause = Duration::from_millis(20);
-        let mut first = true;
         loop {
-            if !first {
-                *turn = self.turn(deadline).await?;
-            }
-            first = false;
             let error = match tokio::time::timeout(self.connect_timeout, self.connect(reads)).await
             {
                 Err(_) => return Err(ConnError::Timeout),
@@ -174,6 +169,7 @@ impl Manager {
             *turn = None;
             tokio::time::sleep_until((now + pause).min(deadline)).await;
             pause = (pause * 2).min(Duration::from_millis(250));
+            *turn = self.turn(deadline).await?;
         }
     }
 

@@ -1,13 +1,14 @@
 //! Turns to open a session (`PoolConfig::connects_at_once`), against a real server: no
 //! more sessions are started on a server at once than its turns, the requests past them
-//! wait their turn holding no permit of the budget, and a tenant that the server keeps
-//! turning away (its role at its connection limit) does not hold up the others.
+//! wait their turn holding no permit of the budget (and are told to come back if their
+//! deadline passes first), and a tenant that the server keeps turning away (its role at
+//! its connection limit) does not hold up the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenantry_pools::{PoolConfig, Pools};
+use tenantry_pools::{PoolConfig, PoolError, Pools};
 use tenantry_testkit::proxy::{Fault, FaultProxy};
 use tenantry_testkit::TestCluster;
 
@@ -70,6 +71,44 @@ async fn at_most_so_many_sessions_start_at_once_and_the_rest_wait_their_turn() {
     assert_eq!(most_opening.load(Ordering::SeqCst), 2);
     let u = usage(&pools);
     assert_eq!((u.opened, u.opening, u.waiting_to_open), (6, 0, 0), "{u:?}");
+}
+
+#[tokio::test]
+async fn a_request_still_waiting_for_its_turn_at_its_deadline_is_told_to_come_back() {
+    let pg = TestCluster::start();
+    // The server swallows connects: the one turn stays taken until its connect times out.
+    let proxy = FaultProxy::start(("127.0.0.1", pg.port())).unwrap();
+    proxy.set(Fault::Blackhole);
+    let mut targets = numbered(&pg, "d", 2).await;
+    for t in &mut targets {
+        t.port = proxy.port();
+    }
+    let pools = Pools::new(
+        PoolConfig {
+            wait_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_secs(2),
+            connects_at_once: 1,
+            ..PoolConfig::default()
+        },
+        10,
+    );
+    let first = {
+        let (pools, t) = (pools.clone(), targets[0].clone());
+        tokio::spawn(async move { pools.get(&t).await.map(drop) })
+    };
+    settle(&pools, "the turn taken", |u| u.opening == 1).await;
+    // Never got a turn: busy (503, come back shortly), with nothing of the server held.
+    assert!(matches!(pools.get(&targets[1]).await, Err(PoolError::Busy)));
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(PoolError::Unavailable(_))
+    ));
+    let u = usage(&pools);
+    assert_eq!(
+        (u.open, u.opening, u.waiting, u.waiting_to_open),
+        (0, 0, 0, 0),
+        "{u:?}"
+    );
 }
 
 #[tokio::test]

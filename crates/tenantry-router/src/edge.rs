@@ -165,8 +165,11 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
         let span = root_span(&req);
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let flight = state.clone().map(InFlight::start);
+        // The app's state, held as the request's place in flight.
+        let flight = req
+            .app_data::<web::Data<AppState>>()
+            .cloned()
+            .map(InFlight::start);
         let billed = Billed::default();
         let work = if header_bytes(&req) > MAX_HEADER_BYTES {
             req.extensions_mut().insert(Unrouted);
@@ -187,7 +190,6 @@ where
             work,
             span,
             started,
-            state,
             billed,
             flight,
         }
@@ -208,8 +210,8 @@ pin_project_lite::pin_project! {
         work: Work<F>,
         span: Span,
         started: Instant,
-        state: Option<web::Data<AppState>>,
         billed: Billed,
+        // The app's state, and the request counted in flight until its body is sent.
         flight: Option<InFlight>,
     }
 }
@@ -247,7 +249,7 @@ where
             },
         };
         answered.record(this.span);
-        if let Some(state) = this.state.as_ref() {
+        if let Some(InFlight(state)) = this.flight.as_ref() {
             answered.count(state, this.billed, this.started.elapsed().as_secs_f64());
         }
         let span = this.span.clone();
