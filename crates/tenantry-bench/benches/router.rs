@@ -19,10 +19,14 @@ use uuid::Uuid;
 mod baseline;
 #[path = "router/cold.rs"]
 mod cold;
+#[path = "router/cpu.rs"]
+mod cpu;
+#[path = "router/ideal.rs"]
+mod ideal;
 #[path = "router/misses.rs"]
 mod misses;
 
-use cold::{cold_parts, timed_get};
+use cold::{timed_get, Parts};
 use misses::{connection_opens, permits_in_transit, zipf, zipf_top_share, zipf_top_share_mean};
 
 /// The scenario's query, as the router's `GET /v1/tasks/{id}` runs it: the bare handlers,
@@ -97,6 +101,13 @@ impl Run {
 /// Sends the requests `pick` chooses among `requests` from `CLIENTS` concurrent clients,
 /// for `WARM_UP` and then `run_for` measured; counts the peak of `app`'s sessions on the
 /// server, and the router's opened and evicted connections (`churn`) in the measured time.
+///
+/// What is measured is what ends inside the window, whenever it began, over the window's
+/// length: a request that queued through the warm-up and ends inside the window is
+/// counted, one still going when the window ends is not (the clients then finish theirs,
+/// uncounted). Where requests queue for long (the 1,000-tenant scenario's, for a turn to
+/// open a session), counting by start instead would leave out the work of those queued
+/// at the start, and stretch the window over the last ones' drain.
 async fn load(
     name: &str,
     run_for: Duration,
@@ -135,8 +146,8 @@ async fn load(
         })
     };
     eprintln!("{name}…");
-    let warm = Instant::now();
-    let started = warm + WARM_UP;
+    let started = Instant::now() + WARM_UP;
+    let ends = started + run_for;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let (http, requests, pick) = (http.clone(), requests.clone(), pick.clone());
@@ -145,11 +156,8 @@ async fn load(
                 let mut failed = 0usize;
                 let mut reasons: Vec<String> = Vec::new();
                 let mut i = c * 7919;
-                loop {
+                while Instant::now() < ends {
                     let t = Instant::now();
-                    if t >= started + run_for {
-                        break;
-                    }
                     let (url, auth) = &requests[pick(i)];
                     i += 1;
                     let outcome = match http.get(url).header("authorization", auth).send().await {
@@ -157,15 +165,16 @@ async fn load(
                         Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
                         Err(e) => Some(format!("transport error: {e}")),
                     };
+                    let done = Instant::now();
                     match outcome {
-                        // Failures count during the warm-up too.
+                        // Failures count during the warm-up and the drain too.
                         Some(why) => {
                             failed += 1;
                             if reasons.len() < 3 && !reasons.contains(&why) {
                                 reasons.push(why);
                             }
                         }
-                        None if t >= started => samples.push(t.elapsed()),
+                        None if done >= started && done < ends => samples.push(done - t),
                         None => {}
                     }
                 }
@@ -175,6 +184,8 @@ async fn load(
         .collect();
     tokio::time::sleep_until(started.into()).await;
     let churn_before = churn();
+    tokio::time::sleep_until(ends.into()).await;
+    let churn_after = churn();
     let mut samples = Vec::new();
     let mut failed = 0;
     let mut reasons: Vec<String> = Vec::new();
@@ -191,18 +202,37 @@ async fn load(
     if !reasons.is_empty() {
         eprintln!("{name}: {failed} failed requests: {}", reasons.join("; "));
     }
-    let wall = Instant::now().saturating_duration_since(started);
     stop.store(true, Ordering::Relaxed);
-    let churn_after = churn();
     let peak = sampler.await.unwrap();
     Run {
         samples,
         failed,
         peak,
-        wall,
+        wall: run_for,
         opened: churn_after.0 - churn_before.0,
         evicted: churn_after.1 - churn_before.1,
     }
+}
+
+/// Each run's figure, in run order, as "1.0, 2.0, …" (ms).
+fn in_order(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|ms| format!("{ms:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rounds' CPU shares (busy, this process) as "busy B%: this process P%, the rest R%".
+fn cpu_shares(rounds: &[(f64, f64)]) -> String {
+    let busy = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
+    let mine = median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>());
+    format!(
+        "busy {:.0}%: this process {:.0}%, the rest (the server) {:.0}%",
+        busy * 100.0,
+        mine * 100.0,
+        (busy - mine) * 100.0
+    )
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -330,32 +360,40 @@ async fn run() -> Report {
             .collect(),
     );
 
-    // Cold first requests: five runs, each over tenants nobody has asked for yet.
+    // Cold first requests: five runs, each over tenants nobody has asked for yet, each
+    // followed by the same over as many other cold tenants with no router: the parts of
+    // a cold request timed one by one, and the server's own share of it.
     let http = reqwest::Client::new();
     let mut cold = Vec::new();
-    let mut cold_p99 = Vec::new();
+    let (mut cold_p99, mut alone_p99, mut over_alone) = (Vec::new(), Vec::new(), Vec::new());
+    let mut parts = Parts::default();
+    let parts_first = TENANTS - 2 * COLD_RUNS * COLD_PER_RUN;
     for run in 0..COLD_RUNS {
         let first = TENANTS - COLD_RUNS * COLD_PER_RUN + run * COLD_PER_RUN;
         let mut samples = Vec::new();
         for (url, auth) in &requests[first..first + COLD_PER_RUN] {
             samples.push(timed_get(&http, url, auth).await);
         }
-        cold_p99.push(Summary::new("", &samples, Duration::ZERO).p99_ms);
+        let p99 = Summary::new("", &samples, Duration::ZERO).p99_ms;
+        cold_p99.push(p99);
         cold.extend(samples);
+        let first = parts_first + run * COLD_PER_RUN;
+        let run_parts =
+            Parts::measure(&pg, &resolver, &tenants[first..first + COLD_PER_RUN], first).await;
+        let alone = Summary::new("", &run_parts.server_alone(), Duration::ZERO).p99_ms;
+        alone_p99.push(alone);
+        over_alone.push(p99 / alone);
+        parts.add(run_parts);
     }
     let cold = Summary::new("cold tenant: first request", &cold, Duration::ZERO);
-    // Where a cold request's time goes, piece by piece, on the cold tenants before those.
-    let parts_first = TENANTS - COLD_RUNS * COLD_PER_RUN - COLD_PER_RUN;
-    let parts = cold_parts(
-        &pg,
-        &resolver,
-        &tenants[parts_first..parts_first + COLD_PER_RUN],
-        parts_first,
-    )
-    .await;
+    let alone = Summary::new(
+        "cold tenant, the server alone: TCP, start-up, first query",
+        &parts.server_alone(),
+        Duration::ZERO,
+    );
     // Cold requests once the budget is full (the first few fill it, unmeasured): each
     // waits for an idle connection of another tenant to close.
-    let fill = BUDGET - COLD_RUNS * COLD_PER_RUN;
+    let fill = BUDGET.saturating_sub(COLD_RUNS * COLD_PER_RUN);
     let full_first = parts_first - fill - COLD_FULL;
     let mut at_full = Vec::new();
     for (k, (url, auth)) in requests[full_first..parts_first].iter().enumerate() {
@@ -455,17 +493,28 @@ async fn run() -> Report {
     // perfect cache of 64 connections (the 64 most popular tenants) opens one for every
     // request to the others.
     let miss = 1.0 - zipf_top_share(TENANTS, ZIPF_BUDGET);
-    let targets: Vec<_> = tenants[100..]
-        .iter()
-        .map(|t| {
-            (
-                t.database.clone(),
-                t.role.clone(),
-                t.password.clone(),
-                t.task,
-            )
-        })
-        .collect();
+    // The ideal: the same traffic with no router and no HTTP, a connection kept for each
+    // of the 64 most popular tenants and the misses opened 8 at a time beyond the budget.
+    let everyone: Arc<Vec<ideal::Target>> = Arc::new(
+        tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.database.clone(),
+                    t.role.clone(),
+                    t.password.clone(),
+                    t.task,
+                )
+            })
+            .collect(),
+    );
+    // The open loop's tenants: none of the 100-tenant scenario's, which are open.
+    let targets = everyone[100..].to_vec();
+    let kept = Arc::new(ideal::Kept::open(&pg, &everyone[..ZIPF_BUDGET]).await);
+    let (mut ideal_rates, mut ideal_ceiling_ratios, mut ideal_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
+    // The machine's CPU in each round, (busy, this process), as shares of it.
+    let (mut zipf_cpu, mut ideal_cpu) = (Vec::new(), Vec::new());
     let mut thousand = Run::default();
     let (mut open_samples, mut open_rates) = (Vec::new(), Vec::new());
     let mut socket_rates = Vec::new();
@@ -478,6 +527,7 @@ async fn run() -> Report {
     let (mut in_transit, mut kept_miss_ratios) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let transit = tokio::spawn(permits_in_transit(router.pools.clone(), WARM_UP, ROUND));
+        let clock = cpu::Clock::now();
         let z = load(
             "tenantry: 1,000 tenants, Zipf 1.1, budget 64",
             ROUND,
@@ -488,8 +538,16 @@ async fn run() -> Report {
             ROUTER_APP,
         )
         .await;
+        zipf_cpu.push(clock.shares());
         let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ROUND).await;
         let (socket_rate, _) = connection_opens(&pg, true, targets.clone(), 8, ROUND).await;
+        eprintln!("the ideal: 1,000 Zipf without a router…");
+        let clock = cpu::Clock::now();
+        let best = ideal::serve(&pg, &kept, &everyone, zipf(TENANTS), 8, ROUND).await;
+        ideal_cpu.push(clock.shares());
+        ideal_rates.push(best);
+        ideal_ceiling_ratios.push(best / (rate / miss));
+        ideal_ratios.push(z.per_second() / best);
         socket_rates.push(socket_rate);
         ceiling_ratios.push(z.per_second() / (rate / miss));
         cpu_ratios.push(z.per_second() * (miss / rate + (1.0 - miss) / hit_rate));
@@ -504,6 +562,7 @@ async fn run() -> Report {
         open_samples.extend(samples);
         thousand.add(z);
     }
+    drop(kept);
     let opens = Summary::new(
         "new tenant connection + first query (8 at a time)",
         &open_samples,
@@ -562,19 +621,33 @@ async fn run() -> Report {
             median(&socket_rates) / miss
         ),
         format!(
+            "the ideal (the same Zipf traffic from {CLIENTS} loops in this process, no HTTP, no router; a connection kept for each of the {ZIPF_BUDGET} most popular tenants, every other request on a connection of its own opened 8 at a time beyond the budget): {} req/s per round",
+            spread(&mut ideal_rates.clone())
+        ),
+        format!(
+            "the machine's CPU (median of rounds): 1,000 Zipf {}; the ideal {}",
+            cpu_shares(&zipf_cpu),
+            cpu_shares(&ideal_cpu)
+        ),
+        format!(
             "cold first request: p99 per run (of {COLD_PER_RUN} tenants) {}; the median of {COLD_RUNS} runs is the figure; in run order {}",
             spread(&mut cold_p99.clone()),
-            cold_p99
-                .iter()
-                .map(|ms| format!("{ms:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            in_order(&cold_p99)
         ),
         format!(
             "cold first request at a full budget (each closes another tenant's idle connection first): p50 {:.1} ms, p99 {:.1} ms of {COLD_FULL}",
             cold_full.p50_ms, cold_full.p99_ms
         ),
-        format!("where a cold request's time goes (median [p99] of {COLD_PER_RUN} cold tenants, each part alone): {parts}"),
+        format!(
+            "where a cold request's time goes (median [p99] of {} cold tenants, each part alone): {}",
+            COLD_RUNS * COLD_PER_RUN,
+            parts.describe()
+        ),
+        format!(
+            "cold first request with no router (TCP, start-up + SCRAM, first query): p99 per run {}; in run order {}",
+            spread(&mut alone_p99.clone()),
+            in_order(&alone_p99)
+        ),
         format!(
             "cache-hit resolution: p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs over 100,000 calls",
             hit.p50_ms * 1000.0,
@@ -614,6 +687,16 @@ async fn run() -> Report {
             "goal ≥ 0.9: the ceiling is what a perfect 64-connection cache could serve at the measured open rate",
         ),
         Ratio::of_rounds(
+            "the ideal / the ceiling",
+            &ideal_ceiling_ratios,
+            "what no router at all serves of the ceiling: the hits are not free",
+        ),
+        Ratio::of_rounds(
+            "1,000 Zipf / the ideal",
+            &ideal_ratios,
+            "the router and its HTTP against the ideal, which keeps more open than the budget allows",
+        ),
+        Ratio::of_rounds(
             "1,000 Zipf / its ceiling with the hits' cost",
             &cpu_ratios,
             "the hits served at the 1-tenant rate, the misses at the open rate: 1 / (m / opens + (1 - m) / hits)",
@@ -639,12 +722,23 @@ async fn run() -> Report {
             "goal ≤ 10 ms (a median of runs, not a ratio)",
         )
         .in_unit("ms"),
+        Ratio::of_rounds(
+            "cold first request p99, the server alone (per run)",
+            &alone_p99,
+            "the same p99 with no router, HTTP or catalog: the server's TCP connect, start-up and first query, on as many other cold tenants after each run",
+        )
+        .in_unit("ms"),
+        Ratio::of_rounds(
+            "cold first request p99 / the server alone's",
+            &over_alone,
+            "per run: what the router adds to the server's own cold start",
+        ),
     ];
     Report {
         name: "router".into(),
         notes,
         scenarios: vec![
-            base, one, hundred, bare, thousand, cold, cold_full, opens, hit,
+            base, one, hundred, bare, thousand, cold, alone, cold_full, opens, hit,
         ],
         ratios,
     }
