@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::routers::bearer;
-use support::{token, Deployment};
+use support::{token, wait_for_answer, Deployment};
 
 #[tokio::test]
 async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
@@ -40,23 +40,16 @@ async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    loop {
-        let status = http
-            .get(format!("{}/v1/usage", two.base))
-            .header("authorization", &t)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == StatusCode::LOCKED {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "router two still served a suspended tenant"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let usage_two = format!("{}/v1/usage", two.base);
+    wait_for_answer(
+        &http,
+        &usage_two,
+        &t,
+        StatusCode::LOCKED,
+        started + Duration::from_secs(1),
+        "router two still served a suspended tenant",
+    )
+    .await;
     let resp = http
         .post(format!("{}/admin/v1/tenants/sleepy/resume", one.base))
         .header("authorization", &admin)
@@ -70,22 +63,15 @@ async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
         Duration::from_secs(2),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while http
-        .get(format!("{}/v1/usage", two.base))
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != StatusCode::OK
-    {
-        assert!(
-            Instant::now() < deadline,
-            "router two did not see the resume"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_answer(
+        &http,
+        &usage_two,
+        &t,
+        StatusCode::OK,
+        Instant::now() + Duration::from_secs(2),
+        "router two did not see the resume",
+    )
+    .await;
 
     // The listeners lose their catalog connection: they LISTEN again, and a later
     // suspend still reaches router two quickly.
@@ -118,22 +104,15 @@ async fn a_suspend_is_seen_by_a_second_router_within_a_second() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(d.run(&["tenant", "suspend", "sleepy"]).status.success());
-    let started = Instant::now();
-    while http
-        .get(format!("{}/v1/usage", two.base))
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != StatusCode::LOCKED
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a suspend after the reconnect was missed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_answer(
+        &http,
+        &usage_two,
+        &t,
+        StatusCode::LOCKED,
+        Instant::now() + Duration::from_secs(1),
+        "a suspend after the reconnect was missed",
+    )
+    .await;
 
     // The admin API creates (201, then 200 for the same slug) through the provisioner.
     let body = json!({"slug": "via-api", "plan": "free"});
@@ -265,22 +244,15 @@ async fn a_stopped_server_costs_only_its_own_tenants() {
         );
     }
     second.restart_server();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http
-        .get(format!("{}/v1/tasks", r.base))
-        .header("authorization", &shaky)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != StatusCode::OK
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the tenant did not recover with its server"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_answer(
+        &http,
+        &format!("{}/v1/tasks", r.base),
+        &shaky,
+        StatusCode::OK,
+        Instant::now() + Duration::from_secs(10),
+        "the tenant did not recover with its server",
+    )
+    .await;
     drop(r);
     d.pg.connect("postgres").await;
 }

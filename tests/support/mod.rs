@@ -196,6 +196,30 @@ pub async fn wait_for_status(url: &str, status: u16, timeout: Duration) -> serde
     }
 }
 
+/// GETs `url` with `auth` until it answers `status`; fails with `what` once `deadline`
+/// has passed.
+pub async fn wait_for_answer(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    status: reqwest::StatusCode,
+    deadline: Instant,
+    what: &str,
+) {
+    while http
+        .get(url)
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != status
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether a process runs (a zombie does not count).
 pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
