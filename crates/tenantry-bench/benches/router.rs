@@ -77,6 +77,8 @@ struct Run {
     /// Router connections opened, and idle ones evicted, in the measured time.
     opened: u64,
     evicted: u64,
+    /// The machine's CPU in each measured round.
+    cpu: Vec<cpu::Round>,
 }
 
 impl Run {
@@ -87,6 +89,7 @@ impl Run {
         self.wall += other.wall;
         self.opened += other.opened;
         self.evicted += other.evicted;
+        self.cpu.extend(other.cpu);
     }
 
     fn per_second(&self) -> f64 {
@@ -184,8 +187,10 @@ async fn load(
         .collect();
     tokio::time::sleep_until(started.into()).await;
     let churn_before = churn();
+    let clock = cpu::Clock::now();
     tokio::time::sleep_until(ends.into()).await;
     let churn_after = churn();
+    let cpu = clock.shares();
     let mut samples = Vec::new();
     let mut failed = 0;
     let mut reasons: Vec<String> = Vec::new();
@@ -204,6 +209,7 @@ async fn load(
     }
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.await.unwrap();
+    let cpu = vec![cpu::Round::new(cpu, run_for, samples.len())];
     Run {
         samples,
         failed,
@@ -211,6 +217,7 @@ async fn load(
         wall: run_for,
         opened: churn_after.0 - churn_before.0,
         evicted: churn_after.1 - churn_before.1,
+        cpu,
     }
 }
 
@@ -221,18 +228,6 @@ fn in_order(values: &[f64]) -> String {
         .map(|ms| format!("{ms:.1}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Rounds' CPU shares (busy, this process) as "busy B%: this process P%, the rest R%".
-fn cpu_shares(rounds: &[(f64, f64)]) -> String {
-    let busy = median(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
-    let mine = median(&rounds.iter().map(|r| r.1).collect::<Vec<_>>());
-    format!(
-        "busy {:.0}%: this process {:.0}%, the rest (the server) {:.0}%",
-        busy * 100.0,
-        mine * 100.0,
-        (busy - mine) * 100.0
-    )
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -513,8 +508,7 @@ async fn run() -> Report {
     let kept = Arc::new(ideal::Kept::open(&pg, &everyone[..ZIPF_BUDGET]).await);
     let (mut ideal_rates, mut ideal_ceiling_ratios, mut ideal_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
-    // The machine's CPU in each round, (busy, this process), as shares of it.
-    let (mut zipf_cpu, mut ideal_cpu) = (Vec::new(), Vec::new());
+    let mut ideal_cpu = Vec::new();
     let mut thousand = Run::default();
     let (mut open_samples, mut open_rates) = (Vec::new(), Vec::new());
     let mut socket_rates = Vec::new();
@@ -527,7 +521,6 @@ async fn run() -> Report {
     let (mut in_transit, mut kept_miss_ratios) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let transit = tokio::spawn(permits_in_transit(router.pools.clone(), WARM_UP, ROUND));
-        let clock = cpu::Clock::now();
         let z = load(
             "tenantry: 1,000 tenants, Zipf 1.1, budget 64",
             ROUND,
@@ -538,13 +531,11 @@ async fn run() -> Report {
             ROUTER_APP,
         )
         .await;
-        zipf_cpu.push(clock.shares());
         let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ROUND).await;
         let (socket_rate, _) = connection_opens(&pg, true, targets.clone(), 8, ROUND).await;
         eprintln!("the ideal: 1,000 Zipf without a router…");
-        let clock = cpu::Clock::now();
-        let best = ideal::serve(&pg, &kept, &everyone, zipf(TENANTS), 8, ROUND).await;
-        ideal_cpu.push(clock.shares());
+        let (best, cpu) = ideal::serve(&pg, &kept, &everyone, zipf(TENANTS), 8, ROUND).await;
+        ideal_cpu.push(cpu);
         ideal_rates.push(best);
         ideal_ceiling_ratios.push(best / (rate / miss));
         ideal_ratios.push(z.per_second() / best);
@@ -625,9 +616,13 @@ async fn run() -> Report {
             spread(&mut ideal_rates.clone())
         ),
         format!(
-            "the machine's CPU (median of rounds): 1,000 Zipf {}; the ideal {}",
-            cpu_shares(&zipf_cpu),
-            cpu_shares(&ideal_cpu)
+            "the machine's CPU in the measured time (median of rounds): baseline {}; 1 tenant {}; 100 tenants {}; bare handler over 100 databases {}; 1,000 Zipf {}; the ideal {}",
+            cpu::Round::describe(&base.cpu),
+            cpu::Round::describe(&one.cpu),
+            cpu::Round::describe(&hundred.cpu),
+            cpu::Round::describe(&bare.cpu),
+            cpu::Round::describe(&thousand.cpu),
+            cpu::Round::describe(&ideal_cpu)
         ),
         format!(
             "cold first request: p99 per run (of {COLD_PER_RUN} tenants) {}; the median of {COLD_RUNS} runs is the figure; in run order {}",

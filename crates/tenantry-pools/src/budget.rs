@@ -2,11 +2,13 @@
 //! debt after a lowered limit, waiters, and evictions whose permits are still to come back.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
 
 use crate::limit::Limit;
 
@@ -41,6 +43,11 @@ pub struct Budget {
     /// few turns leave the rest of the budget to connections that stay open. Ranked by
     /// priority as the budget is. `None`: no limit.
     pub(crate) turns: Option<Limit<Reverse<u8>>>,
+    /// The tenants holding its permits, and how many each (a [`Slot`] apiece): where an
+    /// idle connection to close is looked for, so that finding one costs what the budget
+    /// holds, not every tenant this process has served since (a thousand pools, most
+    /// of them empty, under a budget of 64).
+    residents: Mutex<HashMap<Uuid, usize>>,
 }
 
 /// Where one connection is in its life, shared by its [`Conn`](crate::Conn) (the pool's side) and its
@@ -97,7 +104,18 @@ impl Budget {
             evicted: AtomicU64::new(0),
             evicting: AtomicUsize::new(0),
             opening: AtomicUsize::new(0),
+            residents: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn residents_map(&self) -> MutexGuard<'_, HashMap<Uuid, usize>> {
+        // The map stays whole whatever panics while it is held: a count at a time.
+        self.residents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenants holding a permit now.
+    pub(crate) fn residents(&self) -> Vec<Uuid> {
+        self.residents_map().keys().copied().collect()
     }
 
     /// Connections holding a permit that are not on their way out (evicted, not closed).
@@ -177,9 +195,25 @@ impl Drop for Turn<'_> {
 
 /// A budget permit held by one open connection.
 pub(crate) struct Slot {
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
-    pub(crate) budget: Arc<Budget>,
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<Budget>,
     pub(crate) life: Arc<Life>,
+    tenant: Uuid,
+}
+
+impl Slot {
+    /// `permit`, held for `tenant`'s connection from now until the slot is dropped.
+    pub(crate) fn new(budget: &Arc<Budget>, permit: OwnedSemaphorePermit, tenant: Uuid) -> Self {
+        budget.open.fetch_add(1, Ordering::SeqCst);
+        budget.opened.fetch_add(1, Ordering::Relaxed);
+        *budget.residents_map().entry(tenant).or_default() += 1;
+        Slot {
+            permit: Some(permit),
+            budget: budget.clone(),
+            life: Arc::new(Life::new()),
+            tenant,
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -193,6 +227,15 @@ impl Drop for Slot {
         // permit on its way.
         self.budget.limit.give_back(permit, None);
         self.budget.open.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut residents = self.budget.residents_map();
+            if let Some(n) = residents.get_mut(&self.tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    residents.remove(&self.tenant);
+                }
+            }
+        }
         if self.life.0.swap(Life::CLOSED, Ordering::SeqCst) == Life::EVICTED {
             let counted = self
                 .budget
@@ -201,5 +244,33 @@ impl Drop for Slot {
                 .is_ok();
             debug_assert!(counted, "an eviction uncounted twice");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_is_resident_while_it_holds_a_permit() {
+        let budget = Arc::new(Budget::new(3, 0, Duration::ZERO));
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let permit = || budget.limit.try_take().expect("a free permit");
+        let a1 = Slot::new(&budget, permit(), a);
+        let a2 = Slot::new(&budget, permit(), a);
+        let b1 = Slot::new(&budget, permit(), b);
+        let mut residents = budget.residents();
+        residents.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(residents, both);
+        assert_eq!(budget.open.load(Ordering::SeqCst), 3);
+        drop(a1);
+        drop(b1);
+        assert_eq!(budget.residents(), vec![a], "a holds one more");
+        drop(a2);
+        assert!(budget.residents().is_empty());
+        assert_eq!(budget.open.load(Ordering::SeqCst), 0);
+        assert!(budget.limit.try_take().is_some(), "the permits came back");
     }
 }

@@ -126,13 +126,7 @@ impl Manager {
     }
 
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
-        self.budget.open.fetch_add(1, Ordering::SeqCst);
-        self.budget.opened.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            permit: Some(permit),
-            budget: self.budget.clone(),
-            life: Arc::new(Life::new()),
-        }
+        Slot::new(&self.budget, permit, self.tenant)
     }
 
     /// Opens the connection; a server that says the role (or the server) has too many

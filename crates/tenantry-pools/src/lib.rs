@@ -254,13 +254,21 @@ impl Inner {
         let Some(budget) = self.budgets.get(&server).map(|b| b.clone()) else {
             return false;
         };
+        // Only the tenants holding the budget's permits can have an idle connection.
+        let residents = budget.residents();
         // Each round either closes a live connection or clears a pool's dead ones, so
         // the rounds are few; bounded all the same.
-        for _ in 0..=self.pools.len() {
+        for _ in 0..=residents.len() {
             let mut victim: Option<((bool, u64, u64), Arc<Slots>)> = None;
-            for entry in self.pools.iter() {
+            for tenant in &residents {
+                if *tenant == except {
+                    continue;
+                }
+                let Some(entry) = self.pools.get(tenant) else {
+                    continue;
+                };
                 let idle = entry.pool.status().available;
-                if entry.server != server || *entry.key() == except || idle == 0 {
+                if entry.server != server || idle == 0 {
                     continue;
                 }
                 // Lower ranks first: spare idle connections before last ones, then the

@@ -45,7 +45,7 @@ impl Kept {
     }
 }
 
-/// Requests per second that ended inside `run_for` (after the scenarios' warm-up),
+/// Requests per second that ended inside `run_for`, and the machine's CPU then, (after the scenarios' warm-up),
 /// served by as many concurrent loops as the scenarios have HTTP clients, each choosing
 /// its tenant with `pick` among `targets` (the Zipf order, the most popular first) as
 /// the clients do: a tenant with a connection in `kept` is served on it (concurrent requests pipelined on it); any other opens a
@@ -57,7 +57,7 @@ pub async fn serve(
     pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
     parallel: usize,
     run_for: Duration,
-) -> f64 {
+) -> (f64, super::cpu::Round) {
     let opens = Arc::new(Semaphore::new(parallel));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now() + super::WARM_UP;
@@ -89,12 +89,16 @@ pub async fn serve(
             })
         })
         .collect();
+    tokio::time::sleep_until(started.into()).await;
+    let clock = super::cpu::Clock::now();
     tokio::time::sleep_until(ends.into()).await;
+    let cpu = clock.shares();
     stop.store(true, Ordering::Relaxed);
     let mut served = 0;
     for l in loops {
         served += l.await.unwrap();
     }
     // What ended inside the window, as the router's scenarios count it.
-    served as f64 / run_for.as_secs_f64()
+    let cpu = super::cpu::Round::new(cpu, run_for, served);
+    (served as f64 / run_for.as_secs_f64(), cpu)
 }
