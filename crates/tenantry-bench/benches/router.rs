@@ -2,10 +2,10 @@
 //! the same process — a bare actix-web + deadpool handler running the same query on one
 //! database ([`baseline`]; also over 100 databases, the most any router could serve
 //! there). Scenarios: 1 tenant; 100 tenants; 1,000 tenants with Zipf-skewed traffic
-//! under a 64-connection budget. Also: the cache-hit resolution path (micro-benchmark)
+//! under a 64-connection budget, against its ceiling and against the ideal, with and
+//! without HTTP ([`ideal`]). Also: the cache-hit resolution path (micro-benchmark)
 //! and a cold tenant's first request.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,13 @@ mod cold;
 mod cpu;
 #[path = "router/ideal.rs"]
 mod ideal;
+#[path = "router/load.rs"]
+mod load;
 #[path = "router/misses.rs"]
 mod misses;
 
 use cold::{timed_get, Parts};
+use load::{load, Run};
 use misses::{connection_opens, permits_in_transit, zipf, zipf_top_share, zipf_top_share_mean};
 
 /// The scenario's query, as the router's `GET /v1/tasks/{id}` runs it: the bare handlers,
@@ -56,6 +59,8 @@ const CLIENTS: usize = 32;
 const ROUTER_APP: &str = "tenantry-router";
 const BASELINE_APP: &str = "bench-baseline";
 const BARE_APP: &str = "bench-bare-100";
+/// The ideal's kept sessions carry no name of their own: its peak is not reported.
+const IDEAL_APP: &str = "bench-ideal";
 const WORKERS: usize = 2;
 
 struct Tenant {
@@ -64,161 +69,6 @@ struct Tenant {
     database: String,
     role: String,
     password: String,
-}
-
-/// One measured run: latencies of the successful requests, failures, the most
-/// connections seen on the server, and the measured wall time.
-#[derive(Default)]
-struct Run {
-    samples: Vec<Duration>,
-    failed: usize,
-    peak: i64,
-    wall: Duration,
-    /// Router connections opened, and idle ones evicted, in the measured time.
-    opened: u64,
-    evicted: u64,
-    /// The machine's CPU in each measured round.
-    cpu: Vec<cpu::Round>,
-}
-
-impl Run {
-    fn add(&mut self, other: Run) {
-        self.samples.extend(other.samples);
-        self.failed += other.failed;
-        self.peak = self.peak.max(other.peak);
-        self.wall += other.wall;
-        self.opened += other.opened;
-        self.evicted += other.evicted;
-        self.cpu.extend(other.cpu);
-    }
-
-    fn per_second(&self) -> f64 {
-        self.samples.len() as f64 / self.wall.as_secs_f64().max(1e-9)
-    }
-
-    fn summary(&self, name: &str) -> Summary {
-        Summary::new(name, &self.samples, self.wall)
-    }
-}
-
-/// Sends the requests `pick` chooses among `requests` from `CLIENTS` concurrent clients,
-/// for `WARM_UP` and then `run_for` measured; counts the peak of `app`'s sessions on the
-/// server, and the router's opened and evicted connections (`churn`) in the measured time.
-///
-/// What is measured is what ends inside the window, whenever it began, over the window's
-/// length: a request that queued through the warm-up and ends inside the window is
-/// counted, one still going when the window ends is not (the clients then finish theirs,
-/// uncounted). Where requests queue for long (the 1,000-tenant scenario's, for a turn to
-/// open a session), counting by start instead would leave out the work of those queued
-/// at the start, and stretch the window over the last ones' drain.
-async fn load(
-    name: &str,
-    run_for: Duration,
-    requests: Arc<Vec<(String, String)>>,
-    pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
-    pg: &TestCluster,
-    churn: &(dyn Fn() -> (u64, u64) + Sync),
-    app: &'static str,
-) -> Run {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        tokio::spawn(async move {
-            let mut peak = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        &[&app],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        })
-    };
-    eprintln!("{name}…");
-    let started = Instant::now() + WARM_UP;
-    let ends = started + run_for;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (http, requests, pick) = (http.clone(), requests.clone(), pick.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let mut failed = 0usize;
-                let mut reasons: Vec<String> = Vec::new();
-                let mut i = c * 7919;
-                while Instant::now() < ends {
-                    let t = Instant::now();
-                    let (url, auth) = &requests[pick(i)];
-                    i += 1;
-                    let outcome = match http.get(url).header("authorization", auth).send().await {
-                        Ok(r) if r.status().is_success() => None,
-                        Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
-                        Err(e) => Some(format!("transport error: {e}")),
-                    };
-                    let done = Instant::now();
-                    match outcome {
-                        // Failures count during the warm-up and the drain too.
-                        Some(why) => {
-                            failed += 1;
-                            if reasons.len() < 3 && !reasons.contains(&why) {
-                                reasons.push(why);
-                            }
-                        }
-                        None if done >= started && done < ends => samples.push(done - t),
-                        None => {}
-                    }
-                }
-                (samples, failed, reasons)
-            })
-        })
-        .collect();
-    tokio::time::sleep_until(started.into()).await;
-    let churn_before = churn();
-    let clock = cpu::Clock::now();
-    tokio::time::sleep_until(ends.into()).await;
-    let churn_after = churn();
-    let cpu = clock.shares();
-    let mut samples = Vec::new();
-    let mut failed = 0;
-    let mut reasons: Vec<String> = Vec::new();
-    for c in clients {
-        let (s, f, r) = c.await.unwrap();
-        samples.extend(s);
-        failed += f;
-        for why in r {
-            if !reasons.contains(&why) {
-                reasons.push(why);
-            }
-        }
-    }
-    if !reasons.is_empty() {
-        eprintln!("{name}: {failed} failed requests: {}", reasons.join("; "));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.await.unwrap();
-    let cpu = vec![cpu::Round::new(cpu, run_for, samples.len())];
-    Run {
-        samples,
-        failed,
-        peak,
-        wall: run_for,
-        opened: churn_after.0 - churn_before.0,
-        evicted: churn_after.1 - churn_before.1,
-        cpu,
-    }
 }
 
 /// Each run's figure, in run order, as "1.0, 2.0, …" (ms).
@@ -506,6 +356,27 @@ async fn run() -> Report {
     // The open loop's tenants: none of the 100-tenant scenario's, which are open.
     let targets = everyone[100..].to_vec();
     let kept = Arc::new(ideal::Kept::open(&pg, &everyone[..ZIPF_BUDGET]).await);
+    // The ideal behind a bare actix handler, for the same clients as the router's; and
+    // within the router's budget: as many opened at a time as it has turns, the rest
+    // of the budget kept.
+    let turns = settings.router.connects_at_once;
+    let behind_http = |keep, parallel| {
+        let (handle, base) =
+            ideal::over_http(&pg, (kept.clone(), keep), everyone.clone(), parallel);
+        let requests: Arc<Vec<(String, String)>> = Arc::new(
+            tenants
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (format!("{base}/tasks/{k}/{}", t.task), t.token.clone()))
+                .collect(),
+        );
+        (handle, requests)
+    };
+    let (ideal_handle, ideal_requests) = behind_http(ZIPF_BUDGET, 8);
+    let (within_handle, within_requests) = behind_http(ZIPF_BUDGET - turns, turns);
+    let (mut over_http, mut within) = (Run::default(), Run::default());
+    let (mut over_http_ratios, mut http_cost_ratios) = (Vec::new(), Vec::new());
+    let (mut within_ratios, mut budget_cost_ratios) = (Vec::new(), Vec::new());
     let (mut ideal_rates, mut ideal_ceiling_ratios, mut ideal_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
     let mut ideal_cpu = Vec::new();
@@ -539,6 +410,32 @@ async fn run() -> Report {
         ideal_rates.push(best);
         ideal_ceiling_ratios.push(best / (rate / miss));
         ideal_ratios.push(z.per_second() / best);
+        let h = load(
+            "the ideal over HTTP",
+            ROUND,
+            ideal_requests.clone(),
+            zipf(TENANTS),
+            &pg,
+            &|| (0, 0),
+            IDEAL_APP,
+        )
+        .await;
+        let w = load(
+            "the ideal over HTTP, within the budget",
+            ROUND,
+            within_requests.clone(),
+            zipf(TENANTS),
+            &pg,
+            &|| (0, 0),
+            IDEAL_APP,
+        )
+        .await;
+        over_http_ratios.push(z.per_second() / h.per_second());
+        http_cost_ratios.push(h.per_second() / best);
+        within_ratios.push(z.per_second() / w.per_second());
+        budget_cost_ratios.push(w.per_second() / h.per_second());
+        over_http.add(h);
+        within.add(w);
         socket_rates.push(socket_rate);
         ceiling_ratios.push(z.per_second() / (rate / miss));
         cpu_ratios.push(z.per_second() * (miss / rate + (1.0 - miss) / hit_rate));
@@ -553,6 +450,8 @@ async fn run() -> Report {
         open_samples.extend(samples);
         thousand.add(z);
     }
+    ideal_handle.stop(true).await;
+    within_handle.stop(true).await;
     drop(kept);
     let opens = Summary::new(
         "new tenant connection + first query (8 at a time)",
@@ -616,13 +515,15 @@ async fn run() -> Report {
             spread(&mut ideal_rates.clone())
         ),
         format!(
-            "the machine's CPU in the measured time (median of rounds): baseline {}; 1 tenant {}; 100 tenants {}; bare handler over 100 databases {}; 1,000 Zipf {}; the ideal {}",
+            "the machine's CPU in the measured time (median of rounds): baseline {}; 1 tenant {}; 100 tenants {}; bare handler over 100 databases {}; 1,000 Zipf {}; the ideal {}; the ideal over HTTP {}; within the budget {}",
             cpu::Round::describe(&base.cpu),
             cpu::Round::describe(&one.cpu),
             cpu::Round::describe(&hundred.cpu),
             cpu::Round::describe(&bare.cpu),
             cpu::Round::describe(&thousand.cpu),
-            cpu::Round::describe(&ideal_cpu)
+            cpu::Round::describe(&ideal_cpu),
+            cpu::Round::describe(&over_http.cpu),
+            cpu::Round::describe(&within.cpu)
         ),
         format!(
             "cold first request: p99 per run (of {COLD_PER_RUN} tenants) {}; the median of {COLD_RUNS} runs is the figure; in run order {}",
@@ -655,6 +556,11 @@ async fn run() -> Report {
     let hundred = hundred.summary("tenantry: 100 tenants, uniform");
     let bare = bare.summary("baseline: actix + deadpool, 100 databases");
     let thousand = thousand.summary("tenantry: 1,000 tenants, Zipf 1.1, budget 64");
+    let over_http = over_http.summary("the ideal over HTTP: 1,000 Zipf, a bare handler");
+    let within = within.summary(&format!(
+        "the ideal over HTTP within the budget ({} kept, {turns} at a time)",
+        ZIPF_BUDGET - turns
+    ));
     let ratios = vec![
         Ratio::of_rounds(
             "1 tenant / baseline (req/s)",
@@ -690,6 +596,26 @@ async fn run() -> Report {
             "1,000 Zipf / the ideal",
             &ideal_ratios,
             "the router and its HTTP against the ideal, which keeps more open than the budget allows",
+        ),
+        Ratio::of_rounds(
+            "the ideal over HTTP / the ideal",
+            &http_cost_ratios,
+            "the same ideal behind a bare actix handler, for the same 32 HTTP clients: what HTTP alone costs it",
+        ),
+        Ratio::of_rounds(
+            "1,000 Zipf / the ideal over HTTP",
+            &over_http_ratios,
+            "the router against the ideal behind the same HTTP: what the router's own work, its budget and its turns cost",
+        ),
+        Ratio::of_rounds(
+            "the ideal over HTTP within the budget / over it",
+            &budget_cost_ratios,
+            "the ideal over HTTP kept to the router's budget: the budget less its turns kept open, as many opened at a time as it has turns",
+        ),
+        Ratio::of_rounds(
+            "1,000 Zipf / the ideal over HTTP within the budget",
+            &within_ratios,
+            "the router against a cache that knows the popular tenants beforehand, in the same budget and turns: what the router's own work costs",
         ),
         Ratio::of_rounds(
             "1,000 Zipf / its ceiling with the hits' cost",
@@ -733,7 +659,8 @@ async fn run() -> Report {
         name: "router".into(),
         notes,
         scenarios: vec![
-            base, one, hundred, bare, thousand, cold, alone, cold_full, opens, hit,
+            base, one, hundred, bare, thousand, over_http, within, cold, alone, cold_full, opens,
+            hit,
         ],
         ratios,
     }

@@ -45,7 +45,12 @@ pub fn pool(
 async fn task(pool: &Pool, id: Uuid) -> HttpResponse {
     let client = pool.get().await.unwrap();
     let st = client.prepare_cached(super::TASK_BY_ID).await.unwrap();
-    match client.query_opt(&st, &[&id]).await.unwrap() {
+    answer(client.query_opt(&st, &[&id]).await.unwrap())
+}
+
+/// A task's row (or none) as the router's `GET /v1/tasks/{id}` answers it.
+pub fn answer(row: Option<tokio_postgres::Row>) -> HttpResponse {
+    match row {
         Some(r) => HttpResponse::Ok().json(serde_json::json!({
             "id": r.get::<_, Uuid>(0), "user_id": r.get::<_, String>(1), "agent": r.get::<_, String>(2),
             "title": r.get::<_, String>(3), "input": r.get::<_, Option<serde_json::Value>>(4),
@@ -59,7 +64,7 @@ async fn task(pool: &Pool, id: Uuid) -> HttpResponse {
 }
 
 /// Serves the routes `configure` adds on `WORKERS` workers; its handle and base URL.
-fn serve(
+pub fn serve(
     configure: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 ) -> (ServerHandle, String) {
     let server = HttpServer::new(move || App::new().configure(configure.clone()))

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::dev::ServerHandle;
+use actix_web::{web, HttpResponse};
 use tenantry_testkit::TestCluster;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 pub use super::misses::Target;
 
@@ -43,6 +46,58 @@ impl Kept {
         }
         Kept { clients }
     }
+
+    /// The task `task` read on the kept connection of the `k`th most popular tenant;
+    /// `None` if that tenant has none.
+    async fn read(&self, k: usize, task: &Uuid) -> Option<Option<tokio_postgres::Row>> {
+        let (client, st) = self.clients.get(k)?;
+        Some(client.query_opt(st, &[task]).await.unwrap())
+    }
+}
+
+/// The ideal behind a bare actix handler on the router's number of workers:
+/// `GET /tasks/{k}/{id}` for the `k`th tenant of `targets` (the most popular first),
+/// served as [`serve`] serves it and answered as the router answers it, on the first
+/// `keep` of `kept`'s connections and `parallel` more at a time. It against [`serve`]
+/// is what HTTP costs; with `keep` and `parallel` the router's own (the budget less its
+/// turns, and its turns), the router against it is what the router's own work costs.
+pub fn over_http(
+    pg: &TestCluster,
+    (kept, keep): (Arc<Kept>, usize),
+    targets: Arc<Vec<Target>>,
+    parallel: usize,
+) -> (ServerHandle, String) {
+    struct Ideal {
+        kept: Arc<Kept>,
+        keep: usize,
+        targets: Arc<Vec<Target>>,
+        opens: Semaphore,
+        port: u16,
+    }
+    async fn get(ideal: web::Data<Ideal>, path: web::Path<(usize, Uuid)>) -> HttpResponse {
+        let (k, id) = path.into_inner();
+        if k < ideal.keep {
+            if let Some(row) = ideal.kept.read(k, &id).await {
+                return super::baseline::answer(row);
+            }
+        }
+        let Some(target) = ideal.targets.get(k) else {
+            return HttpResponse::NotFound().finish();
+        };
+        let _turn = ideal.opens.acquire().await.unwrap();
+        super::baseline::answer(super::misses::one_shot("127.0.0.1", ideal.port, target).await)
+    }
+    let data = web::Data::new(Ideal {
+        kept,
+        keep,
+        targets,
+        opens: Semaphore::new(parallel),
+        port: pg.port(),
+    });
+    super::baseline::serve(move |app| {
+        app.app_data(data.clone())
+            .route("/tasks/{k}/{id}", web::get().to(get));
+    })
 }
 
 /// Requests per second that ended inside `run_for`, and the machine's CPU then, (after the scenarios' warm-up),
@@ -73,10 +128,7 @@ pub async fn serve(
                 while !stop.load(Ordering::Relaxed) {
                     let k = pick(i);
                     i += 1;
-                    let task = &targets[k].3;
-                    if let Some((client, st)) = kept.clients.get(k) {
-                        client.query_opt(st, &[task]).await.unwrap();
-                    } else {
+                    if kept.read(k, &targets[k].3).await.is_none() {
                         let _turn = opens.acquire().await.unwrap();
                         super::misses::one_shot(host, port, &targets[k]).await;
                     }

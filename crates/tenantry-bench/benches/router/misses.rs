@@ -78,7 +78,11 @@ pub type Target = (String, String, String, Uuid);
 /// A request with no open connection, as a bare client serves it: opens a connection to
 /// the tenant's database as its role, runs the scenario's query and closes it, until the
 /// server has closed its side.
-pub async fn one_shot(host: &str, port: u16, (database, role, password, task): &Target) {
+pub async fn one_shot(
+    host: &str,
+    port: u16,
+    (database, role, password, task): &Target,
+) -> Option<tokio_postgres::Row> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(host)
@@ -89,9 +93,10 @@ pub async fn one_shot(host: &str, port: u16, (database, role, password, task): &
     let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
     let driver = tokio::spawn(conn);
     let st = client.prepare(super::TASK_BY_ID).await.unwrap();
-    client.query_opt(&st, &[task]).await.unwrap();
+    let row = client.query_opt(&st, &[task]).await.unwrap();
     drop(client);
     let _ = driver.await;
+    row
 }
 
 /// How many new tenant connections (open, authenticate, run the scenario's query, close)
