@@ -59,8 +59,6 @@ const CLIENTS: usize = 32;
 const ROUTER_APP: &str = "tenantry-router";
 const BASELINE_APP: &str = "bench-baseline";
 const BARE_APP: &str = "bench-bare-100";
-/// The ideal's kept sessions carry no name of their own: its peak is not reported.
-const IDEAL_APP: &str = "bench-ideal";
 const WORKERS: usize = 2;
 
 struct Tenant {
@@ -270,7 +268,7 @@ async fn run() -> Report {
             Arc::new(|_| 0),
             &pg,
             &|| (0, 0),
-            BASELINE_APP,
+            Some(BASELINE_APP),
         )
         .await;
         let o = load(
@@ -280,7 +278,7 @@ async fn run() -> Report {
             Arc::new(|_| 0),
             &pg,
             &churn,
-            ROUTER_APP,
+            Some(ROUTER_APP),
         )
         .await;
         let h = load(
@@ -290,7 +288,7 @@ async fn run() -> Report {
             Arc::new(|i| (i * 37) % 100),
             &pg,
             &churn,
-            ROUTER_APP,
+            Some(ROUTER_APP),
         )
         .await;
         let spread_out = load(
@@ -300,7 +298,7 @@ async fn run() -> Report {
             Arc::new(|i| (i * 37) % 100),
             &pg,
             &|| (0, 0),
-            BARE_APP,
+            Some(BARE_APP),
         )
         .await;
         one_ratios.push(o.per_second() / b.per_second());
@@ -399,7 +397,7 @@ async fn run() -> Report {
             zipf(TENANTS),
             &pg,
             &churn,
-            ROUTER_APP,
+            Some(ROUTER_APP),
         )
         .await;
         let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ROUND).await;
@@ -417,7 +415,7 @@ async fn run() -> Report {
             zipf(TENANTS),
             &pg,
             &|| (0, 0),
-            IDEAL_APP,
+            None,
         )
         .await;
         let w = load(
@@ -427,7 +425,7 @@ async fn run() -> Report {
             zipf(TENANTS),
             &pg,
             &|| (0, 0),
-            IDEAL_APP,
+            None,
         )
         .await;
         over_http_ratios.push(z.per_second() / h.per_second());

@@ -4,7 +4,8 @@
 //! context switches: each time one of them parks and is woken again, the cost of a
 //! hand-off between threads or of waiting on a socket.
 
-/// Jiffies so far: the machine's busy ones, all of them, and this process's.
+/// Jiffies so far (the machine's busy ones, all of them, and this process's), and this
+/// process's context switches.
 #[derive(Clone, Copy)]
 pub struct Clock {
     busy: u64,

@@ -2,7 +2,8 @@
 //! measured rather than computed: no HTTP, no router, and a cache better than a budget
 //! allows — a connection kept open for each of the `kept` most popular tenants, and every
 //! request to another one served on a connection of its own, opened, queried and closed,
-//! `parallel` at a time, on top of those.
+//! `parallel` at a time, on top of those ([`serve`]). The same behind a bare HTTP
+//! handler, as it is or kept to the router's budget and turns ([`over_http`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,26 +22,13 @@ pub struct Kept {
     clients: Vec<(tokio_postgres::Client, tokio_postgres::Statement)>,
 }
 
-async fn open(pg: &TestCluster, (database, role, password, _): &Target) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(pg.port())
-        .dbname(database)
-        .user(role)
-        .password(password);
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
 impl Kept {
     /// A connection each, the scenario's query prepared, for `targets` (the most popular
     /// first).
     pub async fn open(pg: &TestCluster, targets: &[Target]) -> Self {
         let mut clients = Vec::new();
         for t in targets {
-            let client = open(pg, t).await;
+            let (client, _driver) = super::misses::connect("127.0.0.1", pg.port(), t).await;
             let st = client.prepare(super::TASK_BY_ID).await.unwrap();
             clients.push((client, st));
         }
@@ -58,9 +46,10 @@ impl Kept {
 /// The ideal behind a bare actix handler on the router's number of workers:
 /// `GET /tasks/{k}/{id}` for the `k`th tenant of `targets` (the most popular first),
 /// served as [`serve`] serves it and answered as the router answers it, on the first
-/// `keep` of `kept`'s connections and `parallel` more at a time. It against [`serve`]
-/// is what HTTP costs; with `keep` and `parallel` the router's own (the budget less its
-/// turns, and its turns), the router against it is what the router's own work costs.
+/// `keep` of `kept`'s connections (the rest stay open, unused) and `parallel` more at a
+/// time. It against [`serve`] is what HTTP costs; with `keep` and `parallel` the
+/// router's own (the budget less its turns, and its turns), the router against it is
+/// what the router's own work costs.
 pub fn over_http(
     pg: &TestCluster,
     (kept, keep): (Arc<Kept>, usize),
@@ -100,11 +89,12 @@ pub fn over_http(
     })
 }
 
-/// Requests per second that ended inside `run_for`, and the machine's CPU then, (after the scenarios' warm-up),
-/// served by as many concurrent loops as the scenarios have HTTP clients, each choosing
-/// its tenant with `pick` among `targets` (the Zipf order, the most popular first) as
-/// the clients do: a tenant with a connection in `kept` is served on it (concurrent requests pipelined on it); any other opens a
-/// connection, runs the query and closes it, at most `parallel` at a time.
+/// Requests per second that ended inside `run_for` (after the scenarios' warm-up), and
+/// the machine's CPU then, served by as many concurrent loops as the scenarios have
+/// HTTP clients, each choosing its tenant with `pick` among `targets` (the Zipf order,
+/// the most popular first) as the clients do: a tenant with a connection in `kept` is
+/// served on it (concurrent requests pipelined on it); any other opens a connection,
+/// runs the query and closes it, at most `parallel` at a time.
 pub async fn serve(
     pg: &TestCluster,
     kept: &Arc<Kept>,

@@ -48,7 +48,8 @@ impl Run {
 
 /// Sends the requests `pick` chooses among `requests` from `CLIENTS` concurrent clients,
 /// for `WARM_UP` and then `run_for` measured; counts the peak of `app`'s sessions on the
-/// server, and the router's opened and evicted connections (`churn`) in the measured time.
+/// server (if it names them), and the router's opened and evicted connections (`churn`)
+/// in the measured time.
 ///
 /// What is measured is what ends inside the window, whenever it began, over the window's
 /// length: a request that queued through the warm-up and ends inside the window is
@@ -63,35 +64,39 @@ pub async fn load(
     pick: Arc<dyn Fn(usize) -> usize + Send + Sync>,
     pg: &TestCluster,
     churn: &(dyn Fn() -> (u64, u64) + Sync),
-    app: &'static str,
+    app: Option<&'static str>,
 ) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        tokio::spawn(async move {
-            let mut peak = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        &[&app],
-                    )
+    let sampler = match app {
+        None => None,
+        Some(app) => {
+            let stop = stop.clone();
+            let (client, conn) =
+                tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
                     .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        })
+                    .unwrap();
+            tokio::spawn(conn);
+            Some(tokio::spawn(async move {
+                let mut peak = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                            &[&app],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    peak = peak.max(n);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                peak
+            }))
+        }
     };
     eprintln!("{name}…");
     let started = Instant::now() + WARM_UP;
@@ -153,7 +158,10 @@ pub async fn load(
         eprintln!("{name}: {failed} failed requests: {}", reasons.join("; "));
     }
     stop.store(true, Ordering::Relaxed);
-    let peak = sampler.await.unwrap();
+    let peak = match sampler {
+        Some(sampler) => sampler.await.unwrap(),
+        None => 0,
+    };
     let cpu = vec![cpu::Round::new(cpu, run_for, samples.len())];
     Run {
         samples,

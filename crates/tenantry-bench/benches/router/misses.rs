@@ -75,14 +75,13 @@ pub async fn permits_in_transit(
 /// One tenant as a bare client reaches it: database, role, password, its task.
 pub type Target = (String, String, String, Uuid);
 
-/// A request with no open connection, as a bare client serves it: opens a connection to
-/// the tenant's database as its role, runs the scenario's query and closes it, until the
-/// server has closed its side.
-pub async fn one_shot(
+/// A connection to the tenant's database as its role, and the task driving it (which
+/// ends once the client is dropped and the server has closed its side).
+pub async fn connect(
     host: &str,
     port: u16,
-    (database, role, password, task): &Target,
-) -> Option<tokio_postgres::Row> {
+    (database, role, password, _): &Target,
+) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
     let mut config = tokio_postgres::Config::new();
     config
         .host(host)
@@ -91,9 +90,19 @@ pub async fn one_shot(
         .user(role)
         .password(password);
     let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    let driver = tokio::spawn(conn);
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client, driver)
+}
+
+/// A request with no open connection, as a bare client serves it: opens a connection to
+/// the tenant's database as its role, runs the scenario's query and closes it, until the
+/// server has closed its side.
+pub async fn one_shot(host: &str, port: u16, target: &Target) -> Option<tokio_postgres::Row> {
+    let (client, driver) = connect(host, port, target).await;
     let st = client.prepare(super::TASK_BY_ID).await.unwrap();
-    let row = client.query_opt(&st, &[task]).await.unwrap();
+    let row = client.query_opt(&st, &[&target.3]).await.unwrap();
     drop(client);
     let _ = driver.await;
     row
