@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::routers::{bearer, budget};
 use support::{token, Deployment};
+use tenantry_testkit::{SessionPeak, Sessions};
 
 #[tokio::test]
 async fn many_tenants_under_load_never_exceed_the_connection_budget() {
@@ -32,27 +33,12 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
         .map(|i| bearer(&token(&format!("load-{i}"), None)))
         .collect();
 
-    let sampler = {
-        let pg_url = d.pg.url("postgres");
-        tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut peak = 0i64;
-            let until = Instant::now() + Duration::from_secs(8);
-            while Instant::now() < until {
-                let n: i64 = client
-                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantry-router'", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            peak
-        })
-    };
+    let sampler = SessionPeak::start(
+        &d.pg,
+        Sessions::Named("tenantry-router".into()),
+        Duration::from_millis(25),
+    )
+    .await;
     let http = reqwest::Client::new();
     let workers: Vec<_> = (0..32)
         .map(|w| {
@@ -91,7 +77,7 @@ async fn many_tenants_under_load_never_exceed_the_connection_budget() {
     for w in workers {
         served += w.await.unwrap();
     }
-    let peak = sampler.await.unwrap();
+    let peak = sampler.stop().await;
     // Each router's lease is half of 24 (two live replicas).
     for base in &bases {
         let m = http

@@ -1,11 +1,10 @@
 //! Several `tenantry serve` replicas over one catalog, and requests spread over them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tenantry_testkit::{SessionPeak, Sessions};
 
 use super::{Deployment, Router};
 
@@ -115,28 +114,8 @@ pub async fn peak_sessions<T>(
     work: impl std::future::Future<Output = T>,
 ) -> (i64, T) {
     let role = role_of(d, slug).await;
-    let admin = d.pg.connect("postgres").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                        &[&role],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        })
-    };
+    let sampler =
+        SessionPeak::start(&d.pg, Sessions::OfRole(role), Duration::from_millis(20)).await;
     let out = work.await;
-    stop.store(true, Ordering::SeqCst);
-    (sampler.await.unwrap(), out)
+    (sampler.stop().await, out)
 }

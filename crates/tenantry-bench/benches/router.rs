@@ -29,7 +29,7 @@ mod load;
 mod misses;
 
 use cold::{timed_get, Parts};
-use load::{load, Run, Sampler};
+use load::{load, sampler, Run};
 use misses::{connection_opens, permits_in_transit, zipf, zipf_top_share, zipf_top_share_mean};
 
 /// The scenario's query, as the router's `GET /v1/tasks/{id}` runs it: the bare handlers,
@@ -86,17 +86,6 @@ fn in_order(values: &[f64]) -> String {
         .map(|ms| format!("{ms:.1}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Ratios as "median [lowest–highest]", two decimals.
-fn ratio_spread(values: &[f64]) -> String {
-    let (low, high) = values
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
-    if values.is_empty() {
-        return "-".into();
-    }
-    format!("{:.2} [{low:.2}–{high:.2}]", median(values))
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -395,12 +384,11 @@ async fn run() -> Report {
     let (within_handle, within_requests) = behind_http(ZIPF_BUDGET - turns, turns);
     // The same within the budget at other numbers of turns: whether another split of the
     // budget between connections kept and turns to open serves more.
-    let other_turns: Vec<_> = [2, 8]
+    let mut other_turns: Vec<_> = [2, 8]
         .into_iter()
         .filter(|&t| t != turns)
         .map(|t| (t, behind_http(ZIPF_BUDGET - t, t), Vec::new()))
         .collect();
-    let mut other_turns = other_turns;
     let (mut over_http, mut within) = (Run::default(), Run::default());
     let (mut over_http_ratios, mut http_cost_ratios) = (Vec::new(), Vec::new());
     let (mut within_ratios, mut budget_cost_ratios) = (Vec::new(), Vec::new());
@@ -435,12 +423,12 @@ async fn run() -> Report {
         )
         .await;
         // The rounds outside `load` pay for its sampler's queries as its rounds do.
-        let sampler = Sampler::start(&pg, None).await;
+        let sessions = sampler(&pg, None).await;
         let (rate, samples) = connection_opens(&pg, false, targets.clone(), 8, ZIPF_ROUND).await;
         let (socket_rate, _) = connection_opens(&pg, true, targets.clone(), 8, ZIPF_ROUND).await;
         eprintln!("the ideal: 1,000 Zipf without a router…");
         let (best, cpu) = ideal::serve(&pg, &kept, &everyone, zipf(TENANTS), 8, ZIPF_ROUND).await;
-        sampler.peak().await;
+        sessions.stop().await;
         ideal_cpu.push(cpu);
         ideal_rates.push(best);
         ideal_ceiling_ratios.push(best / (rate / miss));
@@ -568,18 +556,6 @@ async fn run() -> Report {
             spread(&mut ideal_rates.clone())
         ),
         format!(
-            "the ideal over HTTP within the budget / the ceiling, at other turns (median [range] of rounds): {}; at {turns}, the router's, in the table",
-            other_turns
-                .iter()
-                .map(|(t, _, ratios)| format!(
-                    "{t} at a time ({} kept) {}",
-                    ZIPF_BUDGET - t,
-                    ratio_spread(ratios)
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        format!(
             "the machine's CPU in the measured time (median of rounds): baseline {}; 1 tenant {}; 100 tenants {}; bare handler over 100 databases {}; 1,000 Zipf {}; the ideal {}; the ideal over HTTP {}; within the budget {}",
             cpu::Round::describe(&base.cpu),
             cpu::Round::describe(&one.cpu),
@@ -626,7 +602,7 @@ async fn run() -> Report {
         "the ideal over HTTP within the budget ({} kept, {turns} at a time)",
         ZIPF_BUDGET - turns
     ));
-    let ratios = vec![
+    let mut ratios = vec![
         Ratio::of_rounds(
             "1 tenant / baseline (req/s)",
             &one_ratios,
@@ -657,6 +633,18 @@ async fn run() -> Report {
             &within_ceiling_ratios,
             "the most a router behind HTTP and within the budget could serve of the ceiling: a cache that knows the popular tenants beforehand, behind a bare handler, kept to the router's budget and turns",
         ),
+    ];
+    ratios.extend(other_turns.iter().map(|(t, _, rounds)| {
+        Ratio::of_rounds(
+            format!(
+                "the same, {t} at a time ({} kept) / the ceiling",
+                ZIPF_BUDGET - t
+            ),
+            rounds,
+            "the bounded ideal with another split of the budget between connections kept and turns to open",
+        )
+    }));
+    ratios.extend([
         Ratio::of_rounds(
             "the ideal / the ceiling",
             &ideal_ceiling_ratios,
@@ -724,7 +712,7 @@ async fn run() -> Report {
             &over_alone,
             "per run: what the router adds to the server's own cold start",
         ),
-    ];
+    ]);
     Report {
         name: "router".into(),
         notes,

@@ -15,6 +15,9 @@
 //! every later one is a copy of that, which takes a fraction of the time.
 
 pub mod proxy;
+mod sessions;
+
+pub use sessions::{SessionPeak, Sessions};
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};

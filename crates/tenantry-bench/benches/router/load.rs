@@ -2,12 +2,11 @@
 //! concurrent HTTP clients with keep-alive, each request counted if it ends inside the
 //! measured window.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tenantry_bench::Summary;
-use tenantry_testkit::TestCluster;
+use tenantry_testkit::{SessionPeak, Sessions, TestCluster};
 
 use super::{cpu, CLIENTS, WARM_UP};
 
@@ -48,54 +47,19 @@ impl Run {
 
 /// Counts the sessions named `app` on the server every 50 ms, and keeps the peak. Its
 /// queries (a scan of `pg_stat_activity`, some 200 sessions in the 1,000-tenant
-/// rounds) cost the server 30–45 µs of CPU per request of that scenario, 1.5–2 % of
+/// rounds) cost the server 30–47 µs of CPU per request of that scenario, 1.5–2 % of
 /// the server's work there; so every round compared with one that counts its sessions
 /// runs it too, the open loops and the ideals included: with no `app`, it counts
 /// sessions of a name nobody uses.
-pub struct Sampler {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<i64>,
-}
-
-impl Sampler {
-    pub async fn start(pg: &TestCluster, app: Option<&'static str>) -> Self {
-        let app = app.unwrap_or("bench-nobody");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut peak = 0i64;
-            while !stopped.load(Ordering::Relaxed) {
-                let n: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        &[&app],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        });
-        Sampler { stop, task }
-    }
-
-    /// Stops sampling; the most sessions seen.
-    pub async fn peak(self) -> i64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
-    }
+pub async fn sampler(pg: &TestCluster, app: Option<&'static str>) -> SessionPeak {
+    let app = app.unwrap_or("bench-nobody");
+    SessionPeak::start(pg, Sessions::Named(app.into()), Duration::from_millis(50)).await
 }
 
 /// Sends the requests `pick` chooses among `requests` from `CLIENTS` concurrent clients,
 /// for `WARM_UP` and then `run_for` measured; counts the peak of `app`'s sessions on the
-/// server (if it names them; [`Sampler`]), and the router's opened and evicted connections (`churn`)
-/// in the measured time.
+/// server (if it names them; [`sampler`]), and the router's opened and evicted
+/// connections (`churn`) in the measured time.
 ///
 /// What is measured is what ends inside the window, whenever it began, over the window's
 /// length: a request that queued through the warm-up and ends inside the window is
@@ -116,7 +80,7 @@ pub async fn load(
         .pool_max_idle_per_host(CLIENTS)
         .build()
         .unwrap();
-    let sampler = Sampler::start(pg, app).await;
+    let sampler = sampler(pg, app).await;
     eprintln!("{name}…");
     let started = Instant::now() + WARM_UP;
     let ends = started + run_for;
@@ -176,7 +140,7 @@ pub async fn load(
     if !reasons.is_empty() {
         eprintln!("{name}: {failed} failed requests: {}", reasons.join("; "));
     }
-    let peak = sampler.peak().await;
+    let peak = sampler.stop().await;
     let cpu = vec![cpu::Round::new(cpu, run_for, samples.len())];
     Run {
         samples,
